@@ -1,0 +1,1 @@
+"""The Online Retail REST service."""

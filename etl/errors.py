@@ -1,0 +1,37 @@
+"""The job's own exception types.
+
+Every error a user can act on is one of these; the edges (CLI, DAG) turn them into a one-line message
+and a non-zero exit. Anything else is a bug and may show a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Base class: a failure of the run that a person can act on."""
+
+    exit_code = 1
+
+
+class SourceError(EtlError):
+    """The source cannot be read: missing, wrong format, missing columns, truncated, ..."""
+
+    exit_code = 2
+
+
+class ServiceError(EtlError):
+    """The service refused a request, or stayed unreachable after every retry."""
+
+    exit_code = 3
+
+
+class ReconciliationError(EtlError):
+    """What the service or the lake holds differs from the source."""
+
+    exit_code = 4
+
+
+class LakeError(EtlError):
+    """The lake cannot be written."""
+
+    exit_code = 5

@@ -1,0 +1,121 @@
+"""Arrow schemas and the typed values passed between the job's stages.
+
+Money is `decimal128(12, 3)` everywhere: the source has at most three decimals and unit prices up to
+38,970, so every price and every line amount is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+PRICE_TYPE = pa.decimal128(12, 3)
+# quantity * unit_price summed over the whole data set fits comfortably in 18 digits.
+AMOUNT_TYPE = pa.decimal128(18, 3)
+TIMESTAMP_TYPE = pa.timestamp("s")
+
+#: The eight columns of the source file, in its order.
+SOURCE_COLUMNS: tuple[str, ...] = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
+
+#: One invoice line, as validated from the source and as read back from the service.
+LINE_SCHEMA = pa.schema(
+    [
+        pa.field("invoice_no", pa.string(), nullable=False),
+        pa.field("line_no", pa.int32(), nullable=False),
+        pa.field("stock_code", pa.string(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("quantity", pa.int64(), nullable=False),
+        pa.field("unit_price", PRICE_TYPE, nullable=False),
+        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+        pa.field("customer_id", pa.string()),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("invoice_day", pa.date32(), nullable=False),
+    ]
+)
+
+#: One invoice (header) in the lake.
+INVOICE_SCHEMA = pa.schema(
+    [
+        pa.field("invoice_no", pa.string(), nullable=False),
+        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+        pa.field("customer_id", pa.string()),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("line_count", pa.int32(), nullable=False),
+        pa.field("total_quantity", pa.int64(), nullable=False),
+        pa.field("total_amount", AMOUNT_TYPE, nullable=False),
+        pa.field("invoice_day", pa.date32(), nullable=False),
+    ]
+)
+
+#: One customer as stored by the service (its first-posted country).
+CUSTOMER_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("country", pa.string(), nullable=False),
+    ]
+)
+
+#: A source row that cannot be represented, kept as it was read, with the reason.
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("source_row", pa.int64(), nullable=False),
+        *[pa.field(name, pa.string()) for name in SOURCE_COLUMNS],
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("invoice_day", pa.date32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class DayRange:
+    """Invoice days to process, both ends inclusive; `None` leaves that end open."""
+
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    def __post_init__(self) -> None:
+        if self.start and self.end and self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+
+    def contains(self, day: dt.date) -> bool:
+        """Whether `day` falls in the range."""
+        return (self.start is None or day >= self.start) and (self.end is None or day <= self.end)
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """The source as read: the eight columns as strings (empty string for an empty cell), plus
+    `source_row`, the 1-based data row number in the file, for tracing a reject back to its line."""
+
+    frame: pd.DataFrame
+    name: str
+    shape: str  # "uci-xlsx", "kaggle-csv", "export-csv", ...
+
+
+@dataclass(frozen=True)
+class ValidatedSource:
+    """The representable lines (`LINE_SCHEMA`) and the rejects (`REJECT_SCHEMA`) of the run's days."""
+
+    lines: pa.Table
+    rejects: pa.Table
+    days: tuple[dt.date, ...]  # the invoice days present in `lines` or `rejects`, sorted
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """What the service holds for the run's days: lines (`LINE_SCHEMA`) and customers (`CUSTOMER_SCHEMA`)."""
+
+    lines: pa.Table
+    customers: pa.Table
