@@ -1,0 +1,184 @@
+"""`retail-etl`: the job's command line, for manual runs and backfills.
+
+This is an edge: every `EtlError` becomes one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from etl import logs
+from etl.config import JobSettings
+from etl.errors import EtlError
+from etl.schema import DayRange
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_INTERNAL = 70
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop where we are; partitions are only ever renamed into place, so nothing
+    half-written becomes visible."""
+
+
+class RichObserver:
+    """A progress bar per stage, for a person at a terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def stage_started(self, stage: str, total: int | None) -> None:  # noqa: D102
+        self.tasks[stage] = self.progress.add_task(stage, total=total)
+
+    def advanced(self, stage: str, amount: int) -> None:  # noqa: D102
+        self.progress.advance(self.tasks[stage], amount)
+
+    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:  # noqa: D102
+        task = self.tasks[stage]
+        total = self.progress.tasks[task].total
+        self.progress.update(task, completed=total if total is not None else 1, total=total or 1)
+
+
+def _parse_day(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date like 2011-01-31", param_hint=option) from None
+
+
+@contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.callback()
+def cli() -> None:
+    """retail-etl: the Online Retail data set through the service into a reconciled Parquet lake."""
+
+
+@app.command("run")
+def run_command(
+    source: Annotated[str | None, typer.Option(help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV, CSV.gz. Env RETAIL_SOURCE.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="The service's base URL. Env RETAIL_API_URL.")] = None,
+    lake: Annotated[str | None, typer.Option(help="Lake root: a path or an object-store URL. Env RETAIL_LAKE.")] = None,
+    start: Annotated[str | None, typer.Option(help="First invoice day, YYYY-MM-DD (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last invoice day, YYYY-MM-DD (inclusive).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key. Env RETAIL_API_KEY.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Load and validate only; post nothing.")] = False,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+) -> None:
+    """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
+    from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
+
+    first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
+    if first and last and first > last:
+        raise typer.BadParameter(f"{start} is after --end {end}", param_hint="--start")
+    days = DayRange(first, last)
+    settings = JobSettings()
+    source = source or settings.source
+    if not source:
+        raise typer.BadParameter("give --source or set RETAIL_SOURCE", param_hint="--source")
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key and not dry_run:
+        raise typer.BadParameter("give --api-key or set RETAIL_API_KEY", param_hint="--api-key")
+    config = RunConfig(
+        source=source,
+        api_url=api_url or settings.api_url,
+        api_key=key or "",
+        lake=lake or settings.lake,
+        days=days,
+        dry_run=dry_run,
+        concurrency=concurrency or settings.concurrency,
+        lines_per_request=settings.lines_per_request,
+        page_size=settings.page_size,
+        cache_dir=settings.cache_dir,
+        retry_budget_seconds=settings.retry_budget_seconds,
+        request_timeout_seconds=settings.request_timeout_seconds,
+    )
+    interactive = sys.stderr.isatty()
+    logs.configure(json_lines=not interactive)
+    try:
+        with _terminate_on_sigterm():
+            if interactive:
+                columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+                with Progress(*columns, console=err, transient=False) as progress:
+                    report: RunReport = run(config, RichObserver(progress))
+            else:
+                report = run(config)
+    except EtlError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Terminated:
+        err.print("[bold red]error:[/] stopped by SIGTERM; rerun the same days to complete them", highlight=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted; rerun the same days to complete them", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if os.environ.get("RETAIL_DEBUG"):
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set RETAIL_DEBUG=1 for the traceback)",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    out.print(summary_table(report.to_dict()))
+
+
+def summary_table(report: Mapping[str, object]) -> Table:
+    """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
+    table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    days = report.get("days") or []
+    assert isinstance(days, list)
+    table.add_row("source", f"{report['source']} ({report['shape']})")
+    table.add_row("invoice days", f"{len(days)}" + (f" ({days[0]} .. {days[-1]})" if days else ""))
+    counts = report.get("counts") or {}
+    assert isinstance(counts, dict)
+    for name, value in counts.items():
+        table.add_row(name.replace("_", " "), f"{value:,}")
+    retries = report.get("retries") or {}
+    assert isinstance(retries, dict)
+    table.add_row("retries", ", ".join(f"{k}: {v}" for k, v in retries.items()) or "0")
+    seconds = report.get("seconds") or {}
+    assert isinstance(seconds, dict)
+    for stage, value in seconds.items():
+        table.add_row(f"seconds: {stage}", f"{value:.2f}")
+    return table
+
+
+def main() -> None:
+    """Entry point for `python -m etl.cli`."""
+    logging.captureWarnings(True)
+    app()
+
+
+if __name__ == "__main__":
+    main()

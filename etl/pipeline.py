@@ -1,0 +1,384 @@
+"""One run of the job: load → validate → post → read back → reconcile → write the lake.
+
+`run` chains the stages in memory, for the command line. The `task_*` functions are the same stages cut
+where the DAG's tasks are cut: each reads its input from, and leaves its output in, the run's work folder
+under the lake (`<lake>/_work/<run key>/`, ignored by readers), and returns only paths and counts, so that
+Airflow passes small JSON through XCom and a retried task starts from its predecessor's saved output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl import lake as lake_stage
+from etl.client import RetailClient, RetryPolicy
+from etl.load import load_source
+from etl.post import PostReport, post_lines
+from etl.readback import read_back
+from etl.reconcile import ReconcileReport, reconcile
+from etl.schema import CUSTOMER_SCHEMA, LINE_SCHEMA, REJECT_SCHEMA, DayRange, ServiceSnapshot
+from etl.validate import validate
+
+log = logging.getLogger("etl.run")
+
+STAGES = ("load", "validate", "post", "read back", "reconcile", "write lake")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs; the CLI and the DAG build it from their own inputs."""
+
+    source: str
+    api_url: str
+    api_key: str
+    lake: str
+    days: DayRange = DayRange()
+    dry_run: bool = False
+    concurrency: int = 4
+    lines_per_request: int = 20_000
+    page_size: int = 1000
+    cache_dir: Path | None = None
+    retry_budget_seconds: float = 300.0
+    request_timeout_seconds: float = 60.0
+    storage_options: Mapping[str, Any] | None = None
+
+
+class RunObserver(Protocol):
+    """What a run tells its watcher: a progress bar on a terminal, log lines elsewhere."""
+
+    def stage_started(self, stage: str, total: int | None) -> None:
+        """A stage begins; `total` is its unit count when known (lines)."""
+
+    def advanced(self, stage: str, amount: int) -> None:
+        """`amount` more units of the stage are done."""
+
+    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:
+        """A stage ended after `seconds`, with what it counted."""
+
+
+class LogObserver:
+    """Structured log lines, one per stage: the default off a terminal (Airflow, CI, cron)."""
+
+    def stage_started(self, stage: str, total: int | None) -> None:  # noqa: D102
+        log.info("stage started", extra={"stage": stage, "total": total})
+
+    def advanced(self, stage: str, amount: int) -> None:  # noqa: D102
+        pass
+
+    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:  # noqa: D102
+        log.info("stage finished", extra={"stage": stage, "seconds": round(seconds, 3), **counts})
+
+
+@dataclass
+class RunReport:
+    """The trace of one run, saved next to the data as `<lake>/_runs/<run_id>.json`."""
+
+    run_id: str
+    source: str
+    shape: str
+    lake: str
+    start: str | None
+    end: str | None
+    dry_run: bool
+    days: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    customer_conflicts: list[str] = field(default_factory=list)
+    reconciliation: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
+        return asdict(self)
+
+
+class _Stages:
+    """Times each stage and tells the observer; kept apart so `run` reads as the pipeline."""
+
+    def __init__(self, report: RunReport, observer: RunObserver) -> None:
+        self.report = report
+        self.observer = observer
+
+    @contextmanager
+    def stage(self, name: str, total: int | None = None) -> Iterator[dict[str, int]]:
+        counts: dict[str, int] = {}
+        self.observer.stage_started(name, total)
+        started = time.perf_counter()
+        yield counts
+        seconds = time.perf_counter() - started
+        self.report.seconds[name] = round(seconds, 3)
+        self.report.counts.update(counts)
+        self.observer.stage_finished(name, seconds, counts)
+
+
+def run_days(days: DayRange, present: Sequence[dt.date]) -> list[dt.date]:
+    """The invoice days a run covers: every calendar day of a closed range (so that a day which lost
+    its rows is emptied in the lake too), else the days present in the source."""
+    if days.start is not None and days.end is not None:
+        count = (days.end - days.start).days + 1
+        return [days.start + dt.timedelta(days=i) for i in range(count)]
+    return sorted(present)
+
+
+def source_fingerprint(frame: pd.DataFrame) -> str:
+    """A short, stable digest of the source's content: names the rejects file that has no day."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _client(config: RunConfig) -> RetailClient:
+    return RetailClient(
+        config.api_url,
+        config.api_key,
+        policy=RetryPolicy(total_budget_seconds=config.retry_budget_seconds),
+        timeout_seconds=config.request_timeout_seconds,
+    )
+
+
+def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
+    """Run the whole job once. Returns the report when everything reconciled; raises an `EtlError`
+    (after saving the failed report when the lake is reachable) otherwise."""
+    observer = observer or LogObserver()
+    report = RunReport(
+        run_id=_new_run_id(),
+        source=config.source,
+        shape="",
+        lake=config.lake,
+        start=_iso(config.days.start),
+        end=_iso(config.days.end),
+        dry_run=config.dry_run,
+    )
+    stages = _Stages(report, observer)
+
+    with stages.stage("load") as counts:
+        raw = load_source(config.source, cache_dir=config.cache_dir)
+        report.shape = raw.shape
+        counts["source_rows"] = len(raw.frame)
+    with stages.stage("validate", total=len(raw.frame)) as counts:
+        validated = validate(raw, config.days)
+        counts["lines"] = validated.lines.num_rows
+        counts["rejects"] = validated.rejects.num_rows
+        counts["invoices"] = _distinct(validated.lines, "invoice_no")
+        counts["customers"] = _distinct(validated.lines, "customer_id")
+    days = run_days(config.days, validated.days)
+    report.days = [d.isoformat() for d in days]
+    if config.dry_run:
+        report.status = "dry run"
+        return report
+
+    try:
+        snapshot = asyncio.run(_post_and_read_back(config, validated.lines, days, stages))
+        with stages.stage("reconcile") as counts:
+            service_check = reconcile(validated.lines, snapshot.lines, label="service")
+            report.reconciliation["service"] = service_check.to_dict()
+            service_check.raise_for_differences()
+        with stages.stage("write lake", total=len(days)) as counts:
+            written = lake_stage.write_lake(
+                config.lake,
+                days,
+                snapshot,
+                validated.rejects,
+                source_fingerprint=source_fingerprint(raw.frame),
+                storage_options=config.storage_options,
+            )
+            lake_check = _reconcile_lake(config, validated.lines, days)
+            report.reconciliation["lake"] = lake_check.to_dict()
+            lake_check.raise_for_differences()
+            counts["partitions_written"] = written.partitions_written
+    except Exception:
+        report.status = "failed"
+        _save_report(config, report)
+        raise
+    report.status = "reconciled"
+    _save_report(config, report)
+    return report
+
+
+async def _post_and_read_back(
+    config: RunConfig, lines: pa.Table, days: Sequence[dt.date], stages: _Stages
+) -> ServiceSnapshot:
+    async with _client(config) as client:
+        with stages.stage("post", total=lines.num_rows) as counts:
+            posted = await post_lines(
+                lines,
+                client,
+                concurrency=config.concurrency,
+                max_lines_per_request=config.lines_per_request,
+                on_progress=lambda n: stages.observer.advanced("post", n),
+            )
+            counts.update(_post_counts(posted))
+            stages.report.customer_conflicts = list(posted.customer_conflicts)
+        with stages.stage("read back") as counts:
+            snapshot = await read_back(client, days, concurrency=config.concurrency, page_size=config.page_size)
+            counts["lines_read_back"] = snapshot.lines.num_rows
+        stages.report.retries = dict(client.retry_stats.by_cause)
+    return snapshot
+
+
+def _post_counts(posted: PostReport) -> dict[str, int]:
+    return {
+        "customers_created": posted.customers_created,
+        "customers_existing": posted.customers_existing,
+        "invoices_created": posted.invoices_created,
+        "invoices_unchanged": posted.invoices_unchanged,
+        "lines_created": posted.lines_created,
+        "requests": posted.requests,
+    }
+
+
+def _reconcile_lake(config: RunConfig, source_lines: pa.Table, days: Sequence[dt.date]) -> ReconcileReport:
+    in_lake = lake_stage.read_lake_table(
+        config.lake, "invoice_lines", days, storage_options=config.storage_options
+    )
+    return reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
+
+
+def _save_report(config: RunConfig, report: RunReport) -> None:
+    try:
+        lake_stage.write_run_report(
+            config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options
+        )
+    except Exception as exc:  # the run's own outcome matters more than its trace
+        log.warning("could not save the run report: %s", exc)
+
+
+def _new_run_id() -> str:
+    return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def _iso(day: dt.date | None) -> str | None:
+    return day.isoformat() if day else None
+
+
+def _distinct(table: pa.Table, column: str) -> int:
+    return len(table.column(column).drop_null().unique())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stages as the DAG cuts them. Each returns JSON-ready paths and counts for XCom.
+
+
+@dataclass(frozen=True)
+class WorkFolder:
+    """The run's intermediate files under `<lake>/_work/<key>/`, keyed by source and days so that a
+    retried task, or a rerun of the same day, finds its predecessor's output."""
+
+    lake: str
+    key: str
+
+    @classmethod
+    def for_run(cls, lake: str, source: str, days: DayRange) -> WorkFolder:
+        """The folder of the run of `source` over `days`."""
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        return cls(lake, f"{_iso(days.start) or 'first'}_{_iso(days.end) or 'last'}_{digest}")
+
+    def path(self, name: str) -> str:
+        """Where the intermediate file `name` lives."""
+        return f"{self.lake.rstrip('/')}/_work/{self.key}/{name}"
+
+
+def task_load_and_validate(source: str, lake: str, start: str | None, end: str | None) -> dict[str, Any]:
+    """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder."""
+    days = DayRange(_parse_day(start), _parse_day(end))
+    work = WorkFolder.for_run(lake, source, days)
+    raw = load_source(source)
+    validated = validate(raw, days)
+    fs, _ = lake_stage.filesystem(lake)
+    fs.makedirs(work.path(""), exist_ok=True)
+    pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
+    pq.write_table(validated.rejects, work.path("rejects.parquet"), filesystem=fs)
+    meta = {
+        "source": source,
+        "lake": lake,
+        "start": start,
+        "end": end,
+        "work_key": work.key,
+        "days": [d.isoformat() for d in run_days(days, validated.days)],
+        "fingerprint": source_fingerprint(raw.frame),
+        "source_rows": len(raw.frame),
+        "lines": validated.lines.num_rows,
+        "rejects": validated.rejects.num_rows,
+    }
+    with fs.open(work.path("meta.json"), "w") as out:
+        json.dump(meta, out)
+    return meta
+
+
+def task_post(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
+    """Post the saved lines of the run to the service; idempotent, so a retried task is safe."""
+    work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
+    lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
+    config = RunConfig(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
+
+    async def _post() -> PostReport:
+        async with _client(config) as client:
+            return await post_lines(lines, client, max_lines_per_request=config.lines_per_request)
+
+    return {**dict(meta), **_post_counts(asyncio.run(_post()))}
+
+
+def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
+    """Read the run's days back from the service and reconcile them with the saved source lines;
+    raises `ReconciliationError` on any difference."""
+    work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
+    days = [dt.date.fromisoformat(d) for d in meta["days"]]
+    config = RunConfig(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
+
+    async def _read() -> ServiceSnapshot:
+        async with _client(config) as client:
+            return await read_back(client, days)
+
+    snapshot = asyncio.run(_read())
+    source_lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
+    reconcile(source_lines, snapshot.lines, label="service").raise_for_differences()
+    fs, _ = lake_stage.filesystem(work.lake)
+    pq.write_table(snapshot.lines, work.path("service_lines.parquet"), filesystem=fs)
+    pq.write_table(snapshot.customers, work.path("service_customers.parquet"), filesystem=fs)
+    return {**dict(meta), "lines_read_back": snapshot.lines.num_rows}
+
+
+def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the reconciled read-back into the lake, check the lake against the source, and clear the
+    work folder."""
+    work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
+    days = [dt.date.fromisoformat(d) for d in meta["days"]]
+    snapshot = ServiceSnapshot(
+        lines=_read_work_table(work, "service_lines.parquet", LINE_SCHEMA),
+        customers=_read_work_table(work, "service_customers.parquet", CUSTOMER_SCHEMA),
+    )
+    rejects = _read_work_table(work, "rejects.parquet", REJECT_SCHEMA)
+    written = lake_stage.write_lake(
+        work.lake, days, snapshot, rejects, source_fingerprint=str(meta["fingerprint"])
+    )
+    source_lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
+    in_lake = lake_stage.read_lake_table(work.lake, "invoice_lines", days)
+    check = reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
+    check.raise_for_differences()
+    fs, _ = lake_stage.filesystem(work.lake)
+    fs.rm(work.path(""), recursive=True)
+    return {**dict(meta), "partitions_written": written.partitions_written}
+
+
+def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table:
+    fs, _ = lake_stage.filesystem(work.lake)
+    return pq.read_table(work.path(name), filesystem=fs, schema=schema)
+
+
+def _parse_day(value: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(value) if value else None
