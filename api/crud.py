@@ -1,0 +1,637 @@
+"""Data access: keyword-only functions over a Session, so the route handlers stay thin.
+
+Writes run in one transaction each (`_writing`); on SQLite it begins with `BEGIN IMMEDIATE`.
+Invoices carry `content_hash`, a sha256 of their canonical content, so a replayed invoice is compared
+with one indexed read instead of reading and comparing all its lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import ColumnElement, Row, Table, distinct, exists, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from api import schemas
+from api.core.db import begin_write
+from api.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
+from api.models import Customer, Invoice, InvoiceLine
+
+#: Ids per `IN (...)` list: well below SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
+IN_CHUNK = 5_000
+
+_LINE_COLUMNS = (
+    InvoiceLine.line_no,
+    InvoiceLine.stock_code,
+    InvoiceLine.description,
+    InvoiceLine.quantity,
+    InvoiceLine.unit_price,
+    InvoiceLine.invoice_date,
+)
+_INVOICE_COLUMNS = (
+    Invoice.invoice_no,
+    Invoice.invoice_date,
+    Invoice.invoice_day,
+    Invoice.country,
+    Invoice.customer_id,
+)
+
+T = TypeVar("T")
+AnyRow = Row[*tuple[Any, ...]]
+
+# Core tables: bulk writes go through Core executemany, not the ORM unit of work.
+CUSTOMERS = cast(Table, Customer.__table__)
+INVOICES = cast(Table, Invoice.__table__)
+INVOICE_LINES = cast(Table, InvoiceLine.__table__)
+
+#: (line_no, stock_code, description, quantity, unit_price, invoice_date)
+LineTuple = tuple[int, str, str | None, int, Decimal, dt.datetime]
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _writing(session: Session) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back when it raises."""
+    with session.begin():
+        begin_write(session)
+        yield
+
+
+def _insert_ignoring_duplicates(session: Session, table: Table) -> Any:
+    """`INSERT ... ON CONFLICT DO NOTHING` for the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"no INSERT ... ON CONFLICT DO NOTHING for {dialect}")
+
+
+def _chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def content_hash(
+    *,
+    invoice_no: str,
+    customer_id: str | None,
+    invoice_date: dt.datetime,
+    country: str,
+    lines: Iterable[LineTuple],
+) -> str:
+    """sha256 of the canonical form of an invoice and its lines (in `line_no` order)."""
+    canonical = [
+        invoice_no,
+        customer_id,
+        invoice_date.isoformat(),
+        country,
+        [
+            [no, code, description, quantity, schemas.money_text(price), date.isoformat()]
+            for no, code, description, quantity, price, date in sorted(lines, key=lambda line: line[0])
+        ],
+    ]
+    encoded = json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def _line_tuples(invoice: schemas.InvoiceCreate) -> list[LineTuple]:
+    # The request schema has already numbered the lines and filled in their timestamps.
+    return [
+        (
+            line["line_no"] or 0,
+            line["stock_code"],
+            line["description"],
+            line["quantity"],
+            line["unit_price"],
+            line["invoice_date"] or invoice.invoice_date,
+        )
+        for line in invoice.lines
+    ]
+
+
+def _line_tuple(row: AnyRow) -> LineTuple:
+    return (row.line_no, row.stock_code, row.description, row.quantity, row.unit_price, row.invoice_date)
+
+
+def _line_public(row: AnyRow | InvoiceLine) -> schemas.LinePublic:
+    return {
+        "line_no": row.line_no,
+        "stock_code": row.stock_code,
+        "description": row.description,
+        "quantity": row.quantity,
+        "unit_price": row.unit_price,
+        "invoice_date": row.invoice_date,
+    }
+
+
+def _invoice_dict(header: AnyRow, lines: list[schemas.LinePublic]) -> dict[str, Any]:
+    return {
+        "invoice_no": header.invoice_no,
+        "invoice_date": header.invoice_date,
+        "invoice_day": header.invoice_day,
+        "country": header.country,
+        "customer_id": header.customer_id,
+        "customer": {"url": f"/customer/{header.customer_id}"} if header.customer_id is not None else None,
+        "lines": lines,
+    }
+
+
+def _invoices_with_lines(session: Session, headers: Sequence[AnyRow]) -> list[dict[str, Any]]:
+    """The invoices of `headers` with their lines, fetched in one query (not one per invoice)."""
+    lines: dict[str, list[schemas.LinePublic]] = {header.invoice_no: [] for header in headers}
+    for chunk in _chunks(list(lines)):
+        # Core execution on the session's connection: plain rows, without the ORM's loading layer.
+        rows = session.connection().execute(
+            select(InvoiceLine.invoice_no, *_LINE_COLUMNS)
+            .where(InvoiceLine.invoice_no.in_(chunk))
+            .order_by(InvoiceLine.invoice_no, InvoiceLine.line_no)
+        )
+        # Tuple unpacking: this loop runs once per line of the page (up to ~100,000).
+        for invoice_no, line_no, stock_code, description, quantity, unit_price, invoice_date in rows:
+            lines[invoice_no].append(
+                {
+                    "line_no": line_no,
+                    "stock_code": stock_code,
+                    "description": description,
+                    "quantity": quantity,
+                    "unit_price": unit_price,
+                    "invoice_date": invoice_date,
+                }
+            )
+    return [_invoice_dict(header, lines[header.invoice_no]) for header in headers]
+
+
+# --- customers ------------------------------------------------------------------------------------
+
+
+def get_customer(session: Session, *, customer_id: str) -> schemas.CustomerPublic | None:
+    """The stored customer, or None."""
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        return None
+    return schemas.CustomerPublic(customer_id=customer.customer_id, country=customer.country)
+
+
+def create_customer(
+    session: Session, *, customer: schemas.CustomerCreate
+) -> tuple[schemas.CustomerPublic, bool]:
+    """Store `customer`; returns it and whether it was created (False: an identical replay).
+
+    Raises ConflictError when the id is stored with another country.
+    """
+    with _writing(session):
+        stmt = _insert_ignoring_duplicates(session, CUSTOMERS).returning(Customer.customer_id)
+        created = session.execute(stmt, [customer.model_dump()]).first() is not None
+        stored = session.get(Customer, customer.customer_id)
+    assert stored is not None  # inserted now, or there before
+    if stored.country != customer.country:
+        raise ConflictError(
+            f"customer {customer.customer_id} exists with country {stored.country!r}, "
+            f"not {customer.country!r}"
+        )
+    return schemas.CustomerPublic(customer_id=stored.customer_id, country=stored.country), created
+
+
+def customer_invoice_links(session: Session, *, customer_id: str) -> dict[str, str]:
+    """`{"id_<invoice_no>": "/invoice/<invoice_no>"}` for the customer's invoices, oldest first."""
+    if session.get(Customer, customer_id) is None:
+        raise NotFoundError(f"customer {customer_id} not found")
+    invoice_nos = session.scalars(
+        select(Invoice.invoice_no)
+        .where(Invoice.customer_id == customer_id)
+        .order_by(Invoice.invoice_day, Invoice.invoice_no)
+    )
+    return {f"id_{invoice_no}": f"/invoice/{invoice_no}" for invoice_no in invoice_nos}
+
+
+def bulk_create_customers(
+    session: Session, *, customers: Sequence[schemas.CustomerCreate]
+) -> schemas.BulkCustomersResult:
+    """Store the customers not stored yet; existing ones stay as they are.
+
+    A customer keeps the first country posted: an id stored (or repeated in the request) with another
+    country is listed in `conflicts`, which is not an error.
+    """
+    countries: dict[str, str] = {}
+    conflicts: set[str] = set()
+    for customer in customers:
+        first = countries.setdefault(customer.customer_id, customer.country)
+        if first != customer.country:
+            conflicts.add(customer.customer_id)
+
+    with _writing(session):
+        stored = _stored_countries(session, list(countries))
+        new_rows = [
+            {"customer_id": customer_id, "country": country}
+            for customer_id, country in sorted(countries.items())
+            if customer_id not in stored
+        ]
+        inserted: set[str] = set()
+        if new_rows:
+            stmt = _insert_ignoring_duplicates(session, CUSTOMERS).returning(Customer.customer_id)
+            inserted = set(session.scalars(stmt, new_rows))
+            # Another request stored some of them in the meantime: read what it stored.
+            raced = [row["customer_id"] for row in new_rows if row["customer_id"] not in inserted]
+            stored.update(_stored_countries(session, raced))
+
+    for customer_id, country in countries.items():
+        if customer_id in stored and stored[customer_id] != country:
+            conflicts.add(customer_id)
+    return schemas.BulkCustomersResult(
+        created=len(inserted), existing=len(countries) - len(inserted), conflicts=sorted(conflicts)
+    )
+
+
+def _stored_countries(session: Session, customer_ids: Sequence[str]) -> dict[str, str]:
+    stored: dict[str, str] = {}
+    for chunk in _chunks(customer_ids):
+        rows = session.execute(
+            select(Customer.customer_id, Customer.country).where(Customer.customer_id.in_(chunk))
+        )
+        stored.update({row.customer_id: row.country for row in rows})
+    return stored
+
+
+def read_customers_page(
+    session: Session, *, start: dt.date | None, end: dt.date | None, limit: int, cursor: str | None
+) -> schemas.CustomerPage:
+    """Customers with an invoice whose day is in [start, end], ordered by customer_id, one page."""
+    has_invoice = select(Invoice.invoice_no).where(
+        Invoice.customer_id == Customer.customer_id, *_invoice_days(start, end)
+    )
+    stmt = select(Customer.customer_id, Customer.country).where(exists(has_invoice))
+    if cursor is not None:
+        (after,) = _decode_cursor(cursor, kind="c", parts=(_matching(schemas.CUSTOMER_ID_PATTERN),))
+        stmt = stmt.where(Customer.customer_id > after)
+    rows = session.execute(stmt.order_by(Customer.customer_id).limit(limit + 1)).all()
+    next_cursor = _encode_cursor("c", rows[limit - 1].customer_id) if len(rows) > limit else None
+    return schemas.CustomerPage.model_validate(
+        {
+            "items": [{"customer_id": row.customer_id, "country": row.country} for row in rows[:limit]],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+# --- invoices -------------------------------------------------------------------------------------
+
+
+def get_invoice(session: Session, *, invoice_no: str) -> schemas.InvoicePublic | None:
+    """The stored invoice with its lines, or None."""
+    header = session.execute(select(*_INVOICE_COLUMNS).where(Invoice.invoice_no == invoice_no)).first()
+    if header is None:
+        return None
+    return schemas.InvoicePublic.model_validate(_invoices_with_lines(session, [header])[0])
+
+
+def create_invoice(
+    session: Session,
+    *,
+    invoice: schemas.InvoiceCreate,
+    customer_id: str | None,
+    customer_in_path: bool = False,
+) -> tuple[schemas.InvoicePublic, bool]:
+    """Store one invoice with its lines; returns the stored invoice and whether it was created.
+
+    An identical replay stores nothing (False). Raises ConflictError when the number is stored with
+    other content; an unknown customer is a NotFoundError when it came in the path, else an
+    InvalidInputError on the body's `customer_id`.
+    """
+
+    def unknown_customer(_index: int, customer_id: str) -> ServiceError:
+        if customer_in_path:
+            return NotFoundError(f"customer {customer_id} not found")
+        return _unknown_customer(customer_id, loc=("body", "customer_id"))
+
+    result = _store_invoices(session, [(invoice, customer_id)], unknown_customer=unknown_customer)
+    stored = get_invoice(session, invoice_no=invoice.invoice_no)
+    assert stored is not None  # just stored, or stored before
+    return stored, result.created == 1
+
+
+def bulk_create_invoices(
+    session: Session, *, invoices: Sequence[schemas.InvoiceWithCustomerCreate]
+) -> schemas.BulkInvoicesResult:
+    """Store many invoices and their lines in one transaction; see `_store_invoices`."""
+    return _store_invoices(
+        session,
+        [(invoice, invoice.customer_id) for invoice in invoices],
+        unknown_customer=lambda index, customer_id: _unknown_customer(
+            customer_id, loc=("body", "invoices", index, "customer_id")
+        ),
+    )
+
+
+def _unknown_customer(customer_id: str, *, loc: tuple[str | int, ...]) -> InvalidInputError:
+    return InvalidInputError(
+        f"customer {customer_id} not found: create it first", loc=loc, error_type="unknown_customer"
+    )
+
+
+def _store_invoices(
+    session: Session,
+    entries: Sequence[tuple[schemas.InvoiceCreate, str | None]],
+    *,
+    unknown_customer: Callable[[int, str], ServiceError],
+) -> schemas.BulkInvoicesResult:
+    """Store the invoices not stored yet, all or nothing.
+
+    An invoice stored with the same content counts as unchanged; one stored (or repeated in the
+    request) with other content makes the whole request a ConflictError naming those invoice numbers.
+    Counts are per distinct invoice number.
+    """
+    hashes = [
+        content_hash(
+            invoice_no=invoice.invoice_no,
+            customer_id=customer_id,
+            invoice_date=invoice.invoice_date,
+            country=invoice.country,
+            lines=_line_tuples(invoice),
+        )
+        for invoice, customer_id in entries
+    ]
+    first_index: dict[str, int] = {}
+    conflicts: set[str] = set()
+    for index, (invoice, _customer_id) in enumerate(entries):
+        first = first_index.setdefault(invoice.invoice_no, index)
+        if hashes[first] != hashes[index]:
+            conflicts.add(invoice.invoice_no)
+
+    with _writing(session):
+        _require_customers(session, entries, unknown_customer)
+        stored = _stored_hashes(session, list(first_index))
+        conflicts.update(
+            no for no, index in first_index.items() if stored.get(no, hashes[index]) != hashes[index]
+        )
+        if conflicts:
+            raise _invoice_conflict(conflicts)
+
+        # Sorted, so concurrent writers lock rows in the same order and cannot deadlock.
+        new = sorted((no, index) for no, index in first_index.items() if no not in stored)
+        inserted: set[str] = set()
+        if new:
+            headers = []
+            for invoice_no, index in new:
+                invoice, customer_id = entries[index]
+                headers.append(
+                    {
+                        "invoice_no": invoice_no,
+                        "customer_id": customer_id,
+                        "invoice_date": invoice.invoice_date,
+                        "invoice_day": invoice.invoice_date.date(),
+                        "country": invoice.country,
+                        "content_hash": hashes[index],
+                    }
+                )
+            stmt = _insert_ignoring_duplicates(session, INVOICES).returning(Invoice.invoice_no)
+            inserted = set(session.scalars(stmt, headers))
+            # Another request stored some of them in the meantime: identical is fine, other is 409.
+            raced = [no for no, _index in new if no not in inserted]
+            raced_hashes = _stored_hashes(session, raced)
+            conflicts.update(no for no in raced if raced_hashes.get(no) != hashes[first_index[no]])
+            if conflicts:
+                raise _invoice_conflict(conflicts)
+
+        line_rows = [
+            {
+                "invoice_no": invoice_no,
+                "line_no": line_no,
+                "stock_code": stock_code,
+                "description": description,
+                "quantity": quantity,
+                "unit_price": unit_price,
+                "invoice_date": invoice_date,
+            }
+            for invoice_no, index in new
+            if invoice_no in inserted
+            for line_no, stock_code, description, quantity, unit_price, invoice_date in _line_tuples(
+                entries[index][0]
+            )
+        ]
+        if line_rows:
+            session.execute(insert(INVOICE_LINES), line_rows)
+
+    return schemas.BulkInvoicesResult(
+        created=len(inserted), unchanged=len(first_index) - len(inserted), lines_created=len(line_rows)
+    )
+
+
+def _invoice_conflict(invoice_nos: Iterable[str]) -> ConflictError:
+    ordered = sorted(invoice_nos)
+    shown = ", ".join(ordered[:20]) + (", ..." if len(ordered) > 20 else "")
+    return ConflictError(
+        f"{len(ordered)} invoice(s) already stored with other content: {shown}; nothing was stored",
+        invoice_nos=ordered,
+    )
+
+
+def _require_customers(
+    session: Session,
+    entries: Sequence[tuple[schemas.InvoiceCreate, str | None]],
+    unknown_customer: Callable[[int, str], ServiceError],
+) -> None:
+    wanted = sorted({customer_id for _invoice, customer_id in entries if customer_id is not None})
+    known: set[str] = set()
+    for chunk in _chunks(wanted):
+        known.update(session.scalars(select(Customer.customer_id).where(Customer.customer_id.in_(chunk))))
+    for index, (_invoice, customer_id) in enumerate(entries):
+        if customer_id is not None and customer_id not in known:
+            raise unknown_customer(index, customer_id)
+
+
+def _stored_hashes(session: Session, invoice_nos: Sequence[str]) -> dict[str, str]:
+    stored: dict[str, str] = {}
+    for chunk in _chunks(invoice_nos):
+        rows = session.execute(
+            select(Invoice.invoice_no, Invoice.content_hash).where(Invoice.invoice_no.in_(chunk))
+        )
+        stored.update({row.invoice_no: row.content_hash for row in rows})
+    return stored
+
+
+def read_invoices_page(
+    session: Session, *, start: dt.date | None, end: dt.date | None, limit: int, cursor: str | None
+) -> schemas.InvoicePage:
+    """Invoices whose day is in [start, end] ordered by (invoice_day, invoice_no), with their lines.
+
+    Two queries per page: the invoice headers (keyset on the index), then all their lines with `IN`.
+    """
+    stmt = select(*_INVOICE_COLUMNS).where(*_invoice_days(start, end))
+    if cursor is not None:
+        after_day, after_no = _decode_cursor(
+            cursor, kind="i", parts=(dt.date.fromisoformat, _matching(schemas.INVOICE_NO_PATTERN))
+        )
+        stmt = stmt.where(tuple_(Invoice.invoice_day, Invoice.invoice_no) > tuple_(after_day, after_no))
+    headers = session.execute(stmt.order_by(Invoice.invoice_day, Invoice.invoice_no).limit(limit + 1)).all()
+    next_cursor = None
+    if len(headers) > limit:
+        last = headers[limit - 1]
+        next_cursor = _encode_cursor("i", last.invoice_day.isoformat(), last.invoice_no)
+    return schemas.InvoicePage.model_validate(
+        {"items": _invoices_with_lines(session, headers[:limit]), "next_cursor": next_cursor}
+    )
+
+
+# --- lines and stock codes ------------------------------------------------------------------------
+
+
+def add_line(
+    session: Session, *, invoice_no: str, stock_code: str, line: schemas.LineFields
+) -> tuple[schemas.LinePublic, bool]:
+    """Add a line to a stored invoice; returns the line and whether it was created.
+
+    Without `line_no` the line gets the next number. With one, an identical stored line is a replay
+    (False) and a different one a ConflictError. The invoice's content hash follows the new line.
+    """
+    with _writing(session):
+        # The row lock serialises line numbering per invoice on PostgreSQL (SQLite locks the file).
+        invoice = session.scalars(
+            select(Invoice).where(Invoice.invoice_no == invoice_no).with_for_update()
+        ).one_or_none()
+        if invoice is None:
+            raise NotFoundError(f"invoice {invoice_no} not found")
+        values = {
+            "stock_code": stock_code,
+            "description": line.description,
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+            "invoice_date": line.invoice_date or invoice.invoice_date,
+        }
+        if line.line_no is not None:
+            stored = session.get(InvoiceLine, (invoice_no, line.line_no))
+            if stored is not None:
+                if any(getattr(stored, name) != value for name, value in values.items()):
+                    raise ConflictError(f"line {line.line_no} of invoice {invoice_no} exists with other data")
+                return _line_public(stored), False
+            line_no = line.line_no
+        else:
+            last = session.scalar(
+                select(func.max(InvoiceLine.line_no)).where(InvoiceLine.invoice_no == invoice_no)
+            )
+            line_no = (last or 0) + 1
+            if line_no > schemas.INT32_MAX:
+                raise ConflictError(f"invoice {invoice_no} has no line number left")
+        new_line = InvoiceLine(invoice_no=invoice_no, line_no=line_no, **values)
+        session.add(new_line)
+        session.flush()
+        invoice.content_hash = content_hash(
+            invoice_no=invoice.invoice_no,
+            customer_id=invoice.customer_id,
+            invoice_date=invoice.invoice_date,
+            country=invoice.country,
+            lines=[
+                _line_tuple(row)
+                for row in session.execute(select(*_LINE_COLUMNS).where(InvoiceLine.invoice_no == invoice_no))
+            ],
+        )
+    return _line_public(new_line), True
+
+
+def lines_by_stock_code(session: Session, *, invoice_no: str, stock_code: str) -> list[schemas.LinePublic]:
+    """The lines of one invoice that carry `stock_code`, in `line_no` order."""
+    if session.get(Invoice, invoice_no) is None:
+        raise NotFoundError(f"invoice {invoice_no} not found")
+    rows = session.execute(
+        select(*_LINE_COLUMNS)
+        .where(InvoiceLine.invoice_no == invoice_no, InvoiceLine.stock_code == stock_code)
+        .order_by(InvoiceLine.line_no)
+    ).all()
+    if not rows:
+        raise NotFoundError(f"invoice {invoice_no} has no line with stock code {stock_code!r}")
+    return [_line_public(row) for row in rows]
+
+
+def stock_code_summary(session: Session, *, stock_code: str) -> schemas.StockCodePublic:
+    """Descriptions, price range and counts of the lines carrying `stock_code`."""
+    summary = session.execute(
+        select(
+            func.min(InvoiceLine.unit_price).label("min_unit_price"),
+            func.max(InvoiceLine.unit_price).label("max_unit_price"),
+            func.count().label("line_count"),
+            func.count(distinct(InvoiceLine.invoice_no)).label("invoice_count"),
+        ).where(InvoiceLine.stock_code == stock_code)
+    ).one()
+    if not summary.line_count:
+        raise NotFoundError(f"stock code {stock_code!r} not found")
+    descriptions = session.scalars(
+        select(InvoiceLine.description)
+        .distinct()
+        .where(InvoiceLine.stock_code == stock_code, InvoiceLine.description.is_not(None))
+        .order_by(InvoiceLine.description)
+    ).all()
+    return schemas.StockCodePublic(
+        stock_code=stock_code,
+        descriptions=[description for description in descriptions if description is not None],
+        min_unit_price=summary.min_unit_price,
+        max_unit_price=summary.max_unit_price,
+        line_count=summary.line_count,
+        invoice_count=summary.invoice_count,
+    )
+
+
+# --- paging ---------------------------------------------------------------------------------------
+
+
+def _invoice_days(start: dt.date | None, end: dt.date | None) -> list[ColumnElement[bool]]:
+    """Conditions for an invoice day in [start, end]; an open end is unbounded."""
+    if start is not None and end is not None and start > end:
+        raise InvalidInputError(f"end {end} is before start {start}", loc=("query", "end"))
+    conditions = []
+    if start is not None:
+        conditions.append(Invoice.invoice_day >= start)
+    if end is not None:
+        conditions.append(Invoice.invoice_day <= end)
+    return conditions
+
+
+# --- cursors --------------------------------------------------------------------------------------
+
+
+def _encode_cursor(kind: str, *parts: str) -> str:
+    """An opaque keyset cursor: base64url of `[kind, *parts]`."""
+    raw = json.dumps([kind, *parts], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _matching(pattern: str) -> Callable[[str], str]:
+    """A cursor part converter that only lets through what the request schemas would accept."""
+    compiled = re.compile(pattern)
+
+    def check(part: str) -> str:
+        if len(part) > 100 or not compiled.match(part):
+            raise ValueError("unexpected cursor part")
+        return part
+
+    return check
+
+
+def _decode_cursor(cursor: str, *, kind: str, parts: tuple[Callable[[str], Any], ...]) -> list[Any]:
+    """The parts of a cursor made by `_encode_cursor(kind, ...)`; InvalidInputError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = json.loads(raw)
+        if (
+            not isinstance(decoded, list)
+            or len(decoded) != len(parts) + 1
+            or decoded[0] != kind
+            or not all(isinstance(part, str) for part in decoded[1:])
+        ):
+            raise ValueError("unexpected cursor content")
+        return [convert(part) for convert, part in zip(parts, decoded[1:], strict=True)]
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise InvalidInputError(
+            "invalid cursor: pass back the next_cursor of the previous page", loc=("query", "cursor")
+        ) from error

@@ -1,0 +1,33 @@
+"""The service's own exceptions; api.main turns each into one HTTP error response."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ServiceError(Exception):
+    """Base class of the errors a client can act on."""
+
+
+class NotFoundError(ServiceError):
+    """The named resource does not exist (404)."""
+
+
+class ConflictError(ServiceError):
+    """The request contradicts stored data (409); `invoice_nos` names the invoices concerned, if any."""
+
+    def __init__(self, message: str, *, invoice_nos: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.invoice_nos = list(invoice_nos)
+
+
+class InvalidInputError(ServiceError):
+    """A well-formed value that the stored data makes invalid (422), e.g. an unknown customer id.
+
+    `loc` follows FastAPI's validation errors: `("body", "invoices", 3, "customer_id")`.
+    """
+
+    def __init__(self, message: str, *, loc: Sequence[str | int], error_type: str = "value_error") -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+        self.error_type = error_type

@@ -1,0 +1,194 @@
+"""The FastAPI application: `uvicorn api.main:app` or `fastapi run api/main.py`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.core.config import Settings
+from api.core.db import make_engine, make_session_factory, migrate
+from api.errors import ConflictError, InvalidInputError, NotFoundError
+from api.routes import bulk, customers, health, invoices, stockcodes
+
+logger = logging.getLogger(__name__)
+
+#: Longest input echoed back in a 422 error; longer ones are left out of the response.
+MAX_ECHOED_INPUT = 200
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413: by Content-Length, and while streaming."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    await self._refuse(send, declared)
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading; its handler answers 413.
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"request body over the limit of {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Send, declared: int) -> None:
+        if declared < 0:
+            response = JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
+        else:
+            response = JSONResponse({"detail": self._detail()}, status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:  # pragma: no cover - a plain response never reads the request
+    return {"type": "http.disconnect"}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Apply pending migrations before serving; release the connection pool at shutdown."""
+    settings: Settings = app.state.settings
+    if settings.MIGRATE_ON_START:
+        await run_in_threadpool(migrate, app.state.engine, wait_seconds=settings.DB_WAIT_SECONDS)
+    yield
+    app.state.engine.dispose()
+
+
+def _json_safe(value: Any) -> tuple[bool, Any]:
+    """Whether `value` can be echoed in an error body, and how.
+
+    Small scalars only: a large input is left out, and so are values JSON cannot carry (NaN, which
+    Python's JSON parser accepts) or UTF-8 cannot encode (lone surrogates from `"\\ud800"`).
+    """
+    if value is None or isinstance(value, bool):
+        return True, value
+    if isinstance(value, float):
+        return math.isfinite(value), value
+    if isinstance(value, int):
+        return len(str(value)) <= MAX_ECHOED_INPUT, value
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False, None
+        return len(value) <= MAX_ECHOED_INPUT, value
+    return False, None
+
+
+def _validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's error list (type, loc, msg), with only small, JSON-safe inputs and context echoed."""
+    cleaned = []
+    for error in errors:
+        item: dict[str, Any] = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        echo, value = _json_safe(error.get("input"))
+        if echo:
+            item["input"] = value
+        context = {}
+        for key, raw in (error.get("ctx") or {}).items():
+            # Context may hold an exception object; its text is what a client can use.
+            echo, value = _json_safe(raw if isinstance(raw, str | int | float | bool | None) else str(raw))
+            if echo:
+                context[key] = value
+        if context:
+            item["ctx"] = context
+        cleaned.append(item)
+    return cleaned
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    """One response shape per error; bodies never carry tracebacks or SQL."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_errors(exc.errors())})
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid_input(_request: Request, exc: InvalidInputError) -> JSONResponse:
+        error = {"type": exc.error_type, "loc": list(exc.loc), "msg": str(exc)}
+        return JSONResponse(status_code=422, content={"detail": [error]})
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_request: Request, exc: ConflictError) -> JSONResponse:
+        content: dict[str, Any] = {"detail": str(exc)}
+        if exc.invoice_nos:
+            content["invoice_nos"] = exc.invoice_nos
+        return JSONResponse(status_code=409, content=content)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
+        # A concurrent request stored the same key first.
+        logger.info("integrity error answered with 409: %s", exc.orig)
+        return JSONResponse(status_code=409, content={"detail": "conflicts with data stored concurrently"})
+
+    @app.exception_handler(DataError)
+    async def _data_error(_request: Request, exc: DataError) -> JSONResponse:
+        logger.warning("database refused a value: %s", exc.orig)
+        return JSONResponse(status_code=422, content={"detail": "a value cannot be stored"})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(_request: Request, _exc: SQLAlchemyError) -> JSONResponse:
+        logger.exception("database error answered with 503")
+        return JSONResponse(status_code=503, content={"detail": "the database is unavailable, retry later"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error")
+        return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for `settings` (default: read from the environment and `.env`)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Online Retail API",
+        version="1.0.0",
+        summary="Customers, invoices and invoice lines of the UCI Online Retail data set.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    # Connecting is lazy: building the app touches no database.
+    app.state.engine = make_engine(settings.DATABASE_URL)
+    app.state.sessions = make_session_factory(app.state.engine)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    _add_exception_handlers(app)
+    for router in (health.router, customers.router, invoices.router, stockcodes.router, bulk.router):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

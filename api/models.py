@@ -1,0 +1,117 @@
+"""The database tables as SQLAlchemy 2 models; Alembic (`api/migrations`) owns the schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Dialect, ForeignKey, Index, MetaData, Numeric, String, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+# Column sizes; the request schemas use the same numbers as their max lengths.
+CUSTOMER_ID_LENGTH = 20
+INVOICE_NO_LENGTH = 20
+COUNTRY_LENGTH = 64
+STOCK_CODE_LENGTH = 32
+DESCRIPTION_LENGTH = 255
+CONTENT_HASH_LENGTH = 64
+
+PRICE_PRECISION = 12
+PRICE_SCALE = 3
+_THOUSANDTHS = 10**PRICE_SCALE
+
+
+class Money(TypeDecorator[Decimal]):
+    """`Numeric(12, 3)`, exact on every dialect.
+
+    SQLite has no decimal type and would store a float, so there the value is an integer count of
+    thousandths: exact, and MIN/MAX/ORDER BY still work on it.
+    """
+
+    impl = Numeric(PRICE_PRECISION, PRICE_SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """BIGINT thousandths on SQLite, NUMERIC(12, 3) elsewhere."""
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(PRICE_PRECISION, PRICE_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Decimal to thousandths on SQLite; refuse what would lose digits."""
+        if value is None or dialect.name != "sqlite":
+            return value
+        thousandths = Decimal(value).scaleb(PRICE_SCALE)
+        if thousandths != thousandths.to_integral_value():
+            raise ValueError(f"{value} has more than {PRICE_SCALE} decimal places")
+        return int(thousandths)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        """Thousandths back to a Decimal with three places."""
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-PRICE_SCALE)
+        return Decimal(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with named constraints, so migrations can refer to them."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+        }
+    )
+
+
+class Customer(Base):
+    """A customer and the first country posted for it."""
+
+    __tablename__ = "customers"
+
+    customer_id: Mapped[str] = mapped_column(String(CUSTOMER_ID_LENGTH), primary_key=True)
+    country: Mapped[str] = mapped_column(String(COUNTRY_LENGTH))
+
+
+class Invoice(Base):
+    """An invoice header; its lines are in `invoice_lines`."""
+
+    __tablename__ = "invoices"
+
+    invoice_no: Mapped[str] = mapped_column(String(INVOICE_NO_LENGTH), primary_key=True)
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.customer_id"))
+    invoice_date: Mapped[dt.datetime]
+    invoice_day: Mapped[dt.date]
+    country: Mapped[str] = mapped_column(String(COUNTRY_LENGTH))
+    #: sha256 of the canonical invoice and its lines: a replay is compared without reading the lines.
+    content_hash: Mapped[str] = mapped_column(String(CONTENT_HASH_LENGTH))
+
+    __table_args__ = (
+        # Read-back pages are keyset-ordered on (invoice_day, invoice_no).
+        Index("ix_invoices_invoice_day_invoice_no", "invoice_day", "invoice_no"),
+        # A customer's invoices, and "customers with an invoice in the range".
+        Index("ix_invoices_customer_id_invoice_day", "customer_id", "invoice_day"),
+    )
+
+
+class InvoiceLine(Base):
+    """One line of an invoice, identified by its 1-based position `line_no`."""
+
+    __tablename__ = "invoice_lines"
+
+    invoice_no: Mapped[str] = mapped_column(
+        ForeignKey("invoices.invoice_no", ondelete="CASCADE"), primary_key=True
+    )
+    line_no: Mapped[int] = mapped_column(primary_key=True)
+    stock_code: Mapped[str] = mapped_column(String(STOCK_CODE_LENGTH), index=True)
+    description: Mapped[str | None] = mapped_column(String(DESCRIPTION_LENGTH))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    unit_price: Mapped[Decimal] = mapped_column(Money)
+    invoice_date: Mapped[dt.datetime]

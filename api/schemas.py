@@ -1,0 +1,298 @@
+"""Request and response bodies (pydantic v2): a Create / Public family per entity.
+
+Field limits match the database columns (`api.models`), so anything that validates can be stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, NotRequired
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    NaiveDatetime,
+    PlainSerializer,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
+
+from api import models
+
+MAX_BULK_CUSTOMERS = 10_000
+MAX_BULK_INVOICES = 5_000
+MAX_BULK_LINES = 50_000
+MAX_INVOICE_LINES = MAX_BULK_LINES
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Patterns shared with the path parameters (api.deps). Identifiers that travel in URL paths exclude "/"
+# and control characters; PostgreSQL cannot store NUL in text at all.
+CUSTOMER_ID_PATTERN = r"^[0-9]+$"
+INVOICE_NO_PATTERN = r"^[A-Za-z0-9]+$"
+STOCK_CODE_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+COUNTRY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+DESCRIPTION_PATTERN = r"^[^\x00]*$"
+
+_THOUSANDTH = Decimal("0.001")
+
+
+def _int_to_str(value: Any) -> Any:
+    """Accept integer ids (`17850`) as their decimal string; leave everything else to validation."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _three_places(value: Decimal) -> Decimal:
+    """One spelling per amount ("2.550"), so stored and posted content compare equal; no "-0"."""
+    value = value.quantize(_THOUSANDTH)
+    return value if value else Decimal("0.000")
+
+
+def money_text(value: Decimal) -> str:
+    """The one spelling of an amount: three decimals, no exponent ("2.550")."""
+    return format(value.quantize(_THOUSANDTH), "f")
+
+
+CustomerId = Annotated[
+    str,
+    BeforeValidator(_int_to_str),
+    StringConstraints(min_length=1, max_length=models.CUSTOMER_ID_LENGTH, pattern=CUSTOMER_ID_PATTERN),
+]
+InvoiceNo = Annotated[
+    str,
+    BeforeValidator(_int_to_str),
+    StringConstraints(min_length=1, max_length=models.INVOICE_NO_LENGTH, pattern=INVOICE_NO_PATTERN),
+]
+StockCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=models.STOCK_CODE_LENGTH, pattern=STOCK_CODE_PATTERN)
+]
+Country = Annotated[
+    str, StringConstraints(min_length=1, max_length=models.COUNTRY_LENGTH, pattern=COUNTRY_PATTERN)
+]
+Description = Annotated[
+    str, StringConstraints(max_length=models.DESCRIPTION_LENGTH, pattern=DESCRIPTION_PATTERN)
+]
+Quantity = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+LineNo = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Exact money in: a JSON string ("2.55") or number, at most 3 decimals and 12 digits.
+UnitPrice = Annotated[
+    Decimal,
+    Field(max_digits=models.PRICE_PRECISION, decimal_places=models.PRICE_SCALE),
+    AfterValidator(_three_places),
+]
+#: Exact money out: always a JSON string with three decimals ("2.550").
+Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
+
+
+# --- customers ------------------------------------------------------------------------------------
+
+
+class CustomerCreate(BaseModel):
+    """A customer to create; an integer id is accepted and kept as its decimal string."""
+
+    customer_id: CustomerId
+    country: Country
+
+
+class CustomerPublic(BaseModel):
+    """A stored customer."""
+
+    customer_id: str
+    country: str
+
+
+class CustomerLink(BaseModel):
+    """Where an invoice's customer lives."""
+
+    url: str
+
+
+# --- lines ----------------------------------------------------------------------------------------
+
+
+class LineFields(BaseModel):
+    """What a line carries besides its stock code; the body of POST /invoice/{no}/{stockcode}/."""
+
+    line_no: LineNo | None = None
+    description: Description | None = None
+    quantity: Quantity
+    unit_price: UnitPrice
+    invoice_date: NaiveDatetime | None = None
+
+
+# Lines inside invoices are TypedDicts, not models: a bulk request carries up to 50,000 of them and
+# pydantic validates and serialises plain dicts several times faster than model instances.
+
+
+class LineCreate(TypedDict):
+    """A line inside an invoice body.
+
+    Missing `line_no`: the next one; missing `invoice_date`: the invoice's; missing `description`: null.
+    """
+
+    line_no: NotRequired[LineNo | None]
+    stock_code: StockCode
+    description: NotRequired[Description | None]
+    quantity: Quantity
+    unit_price: UnitPrice
+    invoice_date: NotRequired[NaiveDatetime | None]
+
+
+class LinePublic(TypedDict):
+    """A stored line."""
+
+    line_no: int
+    stock_code: str
+    description: str | None
+    quantity: int
+    unit_price: Money
+    invoice_date: dt.datetime
+
+
+# --- invoices -------------------------------------------------------------------------------------
+
+
+class InvoiceCreate(BaseModel):
+    """An invoice for POST /customer/{customer_id}/invoice; lines are optional."""
+
+    invoice_no: InvoiceNo
+    invoice_date: NaiveDatetime
+    country: Country
+    lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
+
+    @field_validator("lines")
+    @classmethod
+    def _number_lines(cls, lines: list[LineCreate], info: ValidationInfo) -> list[LineCreate]:
+        """Fill in missing line numbers and timestamps; refuse a line number used twice."""
+        invoice_date = info.data.get("invoice_date")
+        seen: set[int] = set()
+        next_no = 1
+        for line in lines:
+            line_no = line.get("line_no")
+            if line_no is None:
+                line_no = line["line_no"] = next_no
+            if line_no in seen:
+                raise PydanticCustomError(
+                    "line_no_duplicate", "line_no {line_no} appears more than once", {"line_no": line_no}
+                )
+            seen.add(line_no)
+            next_no = max(next_no, line_no + 1)
+            if line.get("invoice_date") is None:
+                line["invoice_date"] = invoice_date
+            line.setdefault("description", None)
+        return lines
+
+
+class InvoiceWithCustomerCreate(InvoiceCreate):
+    """An invoice for POST /invoice and the bulk path: the customer, if any, is in the body."""
+
+    customer_id: CustomerId | None = None
+
+
+class InvoicePublic(BaseModel):
+    """A stored invoice with all its lines, in `line_no` order."""
+
+    invoice_no: str
+    invoice_date: dt.datetime
+    invoice_day: dt.date
+    country: str
+    customer_id: str | None
+    customer: CustomerLink | None
+    lines: list[LinePublic]
+
+
+# --- stock codes ----------------------------------------------------------------------------------
+
+
+class StockCodePublic(BaseModel):
+    """What the stored lines say about one stock code."""
+
+    stock_code: str
+    descriptions: list[str]
+    min_unit_price: Money
+    max_unit_price: Money
+    line_count: int
+    invoice_count: int
+
+
+# --- bulk write and read-back ---------------------------------------------------------------------
+
+
+class BulkCustomersCreate(BaseModel):
+    """Many customers in one request."""
+
+    customers: list[CustomerCreate] = Field(max_length=MAX_BULK_CUSTOMERS)
+
+
+class BulkCustomersResult(BaseModel):
+    """`existing` ids were left as stored; `conflicts` are those stored under another country."""
+
+    created: int
+    existing: int
+    conflicts: list[str]
+
+
+class BulkInvoicesCreate(BaseModel):
+    """Many invoices with their lines, written in one transaction."""
+
+    invoices: list[InvoiceWithCustomerCreate] = Field(max_length=MAX_BULK_INVOICES)
+
+    @field_validator("invoices")
+    @classmethod
+    def _limit_lines(cls, invoices: list[InvoiceWithCustomerCreate]) -> list[InvoiceWithCustomerCreate]:
+        """At most 50,000 lines per request, so one transaction stays short."""
+        total = sum(len(invoice.lines) for invoice in invoices)
+        if total > MAX_BULK_LINES:
+            raise PydanticCustomError(
+                "too_many_lines",
+                "at most {limit} lines per request, got {total}",
+                {"limit": MAX_BULK_LINES, "total": total},
+            )
+        return invoices
+
+
+class BulkInvoicesResult(BaseModel):
+    """What a bulk write did: invoices created, invoices already stored identically, lines created."""
+
+    created: int
+    unchanged: int
+    lines_created: int
+
+
+class InvoicePage(BaseModel):
+    """One page of invoices; pass `next_cursor` back as `cursor` for the next page (null: last page)."""
+
+    items: list[InvoicePublic]
+    next_cursor: str | None
+
+
+class CustomerPage(BaseModel):
+    """One page of customers; pass `next_cursor` back as `cursor` for the next page (null: last page)."""
+
+    items: list[CustomerPublic]
+    next_cursor: str | None
+
+
+# --- service --------------------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    """A short human-readable message."""
+
+    message: str
+
+
+class HealthPublic(BaseModel):
+    """Whether the service and its database answer."""
+
+    status: str
+    database: str

@@ -1,0 +1,157 @@
+"""GET /invoices and GET /customers: paged read-back with an opaque keyset cursor."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.helpers import invoice, line
+
+# (invoice_no, day, customer): three days, several invoices per day, numbers not in day order.
+INVOICES = [
+    ("536365", "2010-12-01", "17850"),
+    ("536366", "2010-12-01", "17850"),
+    ("C536379", "2010-12-01", None),
+    ("536367", "2010-12-01", "13047"),
+    ("536520", "2010-12-02", "14729"),
+    ("536521", "2010-12-02", None),
+    ("536368", "2010-12-03", "13047"),
+    ("536369", "2010-12-03", "12583"),
+]
+
+
+@pytest.fixture
+def stored(client: TestClient) -> None:
+    customers = sorted({customer for _no, _day, customer in INVOICES if customer})
+    body = {"customers": [{"customer_id": c, "country": "United Kingdom"} for c in customers]}
+    assert client.post("/bulk/customers", json=body).status_code == 200
+    batch = [
+        invoice(
+            no,
+            invoice_date=f"{day}T09:00:00",
+            customer_id=customer,
+            lines=[line("85123A", line_no=1), line("BANK CHARGES", line_no=2, unit_price="0.001")],
+        )
+        for no, day, customer in INVOICES
+    ]
+    assert client.post("/bulk/invoices", json={"invoices": batch}).status_code == 200
+
+
+def read_all(client: TestClient, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every item, following next_cursor; also the number of pages."""
+    items: list[dict[str, Any]] = []
+    pages = 0
+    cursor = None
+    while True:
+        response = client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        pages += 1
+        items += response.json()["items"]
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return items, pages
+
+
+def test_invoices_page_through_every_invoice_in_day_then_number_order(
+    client: TestClient, stored: None
+) -> None:
+    items, pages = read_all(client, "/invoices", limit=3)
+
+    assert pages == 3
+    expected = sorted((day, no) for no, day, _customer in INVOICES)
+    assert [(x["invoice_day"], x["invoice_no"]) for x in items] == expected
+    assert all(len(x["lines"]) == 2 for x in items)
+    assert items[0]["lines"][1] == {
+        "line_no": 2,
+        "stock_code": "BANK CHARGES",
+        "description": "WHITE HANGING HEART T-LIGHT HOLDER",
+        "quantity": 6,
+        "unit_price": "0.001",
+        "invoice_date": "2010-12-01T09:00:00",
+    }
+
+
+def test_invoices_range_is_inclusive_at_both_ends(client: TestClient, stored: None) -> None:
+    items, _pages = read_all(client, "/invoices", start="2010-12-02", end="2010-12-03", limit=2)
+    assert [x["invoice_no"] for x in items] == ["536520", "536521", "536368", "536369"]
+
+    one_day = client.get("/invoices", params={"start": "2010-12-02", "end": "2010-12-02"}).json()
+    assert [x["invoice_no"] for x in one_day["items"]] == ["536520", "536521"]
+    assert one_day["next_cursor"] is None
+
+    empty = client.get("/invoices", params={"start": "2011-01-01", "end": "2011-01-31"}).json()
+    assert empty == {"items": [], "next_cursor": None}
+
+
+def test_exactly_full_last_page_ends_with_no_cursor(client: TestClient, stored: None) -> None:
+    page = client.get("/invoices", params={"limit": len(INVOICES)}).json()
+    assert len(page["items"]) == len(INVOICES)
+    assert page["next_cursor"] is None
+
+
+def test_customers_with_an_invoice_in_the_range(client: TestClient, stored: None) -> None:
+    items, pages = read_all(client, "/customers", limit=2)
+    assert pages == 2
+    assert [x["customer_id"] for x in items] == ["12583", "13047", "14729", "17850"]
+    assert items[0] == {"customer_id": "12583", "country": "United Kingdom"}
+
+    day_one, _pages = read_all(client, "/customers", start="2010-12-01", end="2010-12-01", limit=1)
+    assert [x["customer_id"] for x in day_one] == ["13047", "17850"]
+
+    client.post("/customer", json={"customer_id": "99999", "country": "France"})  # no invoice
+    everyone, _pages = read_all(client, "/customers")
+    assert "99999" not in [x["customer_id"] for x in everyone]
+
+
+def encode(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        "%%%",
+        "",
+        encode({"i": 1}),
+        encode(["i", "2010-12-01"]),
+        encode(["i", "yesterday", "536365"]),
+        encode(["i", "2010-12-01", "5363\u000065"]),
+        encode(["c", "17850"]),  # a customers cursor on /invoices
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
+def test_bad_invoices_cursor_is_422(client: TestClient, cursor: str) -> None:
+    response = client.get("/invoices", params={"cursor": cursor})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+def test_bad_customers_cursor_is_422(client: TestClient, stored: None) -> None:
+    invoices_cursor = client.get("/invoices", params={"limit": 1}).json()["next_cursor"]
+    for cursor in (invoices_cursor, encode(["c", "1' OR '1'='1"]), "x" * 600):
+        response = client.get("/customers", params={"cursor": cursor})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 5001}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"start": "2010-13-01"}, "start"),
+        ({"end": "tomorrow"}, "end"),
+        ({"start": "2010-12-02", "end": "2010-12-01"}, "end"),
+    ],
+)
+def test_bad_paging_parameters_are_422(client: TestClient, params: dict[str, Any], field: str) -> None:
+    for path in ("/invoices", "/customers"):
+        response = client.get(path, params=params)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["query", field]

@@ -1,0 +1,1 @@
+"""Test support shared by the service's and the job's tests: real databases and a real service process."""
