@@ -66,7 +66,18 @@ def run_job(source: Path, url: str, key: str, lake: Path) -> tuple[float, int, d
     env = {**os.environ, "RETAIL_API_KEY": key}
     started = time.perf_counter()
     job = subprocess.Popen(
-        [sys.executable, "-m", "etl.cli", "run", "--source", str(source), "--api-url", url, "--lake", str(lake)],
+        [
+            sys.executable,
+            "-m",
+            "etl.cli",
+            "run",
+            "--source",
+            str(source),
+            "--api-url",
+            url,
+            "--lake",
+            str(lake),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -86,31 +97,41 @@ def run_job(source: Path, url: str, key: str, lake: Path) -> tuple[float, int, d
 
 def main() -> None:
     """Run the benchmark and print its figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for the service")
     args = parser.parse_args()
 
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
     print(f"source: {args.source}")
     with temporary_database("retail_bench") as database_url, tempfile.TemporaryDirectory() as tmp:
         lake = Path(tmp) / "lake"
-        with live_service(database_url, api_key="bench-key", workers=args.workers) as service:
-            with PeakRss(service.process.pid) as service_rss:
-                first_s, first_rss, first = run_job(args.source, service.url, service.api_key, lake)
-                second_s, second_rss, second = run_job(args.source, service.url, service.api_key, lake)
+        with (
+            live_service(database_url, api_key="bench-key", workers=args.workers) as service,
+            PeakRss(service.process.pid) as service_rss,
+        ):
+            first_s, first_rss, first = run_job(args.source, service.url, service.api_key, lake)
+            second_s, second_rss, second = run_job(args.source, service.url, service.api_key, lake)
         print()
         print(f"{'stage':<12} {'first run s':>12} {'rerun s':>10}")
         for stage, seconds in first["seconds"].items():
             print(f"{stage:<12} {seconds:>12.2f} {second['seconds'].get(stage, 0.0):>10.2f}")
         print()
         lines = first["counts"]["lines"]
-        print(f"lines: {lines:,} (rejects {first['counts']['rejects']:,}), "
-              f"invoices created {first['counts']['invoices_created']:,}, "
-              f"rerun created {second['counts']['invoices_created']:,}")
-        print(f"job, first run: {first_s:.1f} s wall, {lines / first_s:,.0f} lines/s, "
-              f"peak RSS {first_rss / 2**20:,.0f} MiB")
+        print(
+            f"lines: {lines:,} (rejects {first['counts']['rejects']:,}), "
+            f"invoices created {first['counts']['invoices_created']:,}, "
+            f"rerun created {second['counts']['invoices_created']:,}"
+        )
+        print(
+            f"job, first run: {first_s:.1f} s wall, {lines / first_s:,.0f} lines/s, "
+            f"peak RSS {first_rss / 2**20:,.0f} MiB"
+        )
         print(f"job, rerun:     {second_s:.1f} s wall, peak RSS {second_rss / 2**20:,.0f} MiB")
         print(f"service ({args.workers} worker(s)): peak RSS {service_rss.peak / 2**20:,.0f} MiB")
 

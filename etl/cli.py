@@ -46,13 +46,13 @@ class RichObserver:
         self.progress = progress
         self.tasks: dict[str, TaskID] = {}
 
-    def stage_started(self, stage: str, total: int | None) -> None:  # noqa: D102
+    def stage_started(self, stage: str, total: int | None) -> None:
         self.tasks[stage] = self.progress.add_task(stage, total=total)
 
-    def advanced(self, stage: str, amount: int) -> None:  # noqa: D102
+    def advanced(self, stage: str, amount: int) -> None:
         self.progress.advance(self.tasks[stage], amount)
 
-    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:  # noqa: D102
+    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:
         task = self.tasks[stage]
         total = self.progress.tasks[task].total
         self.progress.update(task, completed=total if total is not None else 1, total=total or 1)
@@ -86,12 +86,19 @@ def cli() -> None:
 
 @app.command("run")
 def run_command(
-    source: Annotated[str | None, typer.Option(help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV, CSV.gz. Env RETAIL_SOURCE.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV, CSV.gz. Env RETAIL_SOURCE."),
+    ] = None,
     api_url: Annotated[str | None, typer.Option(help="The service's base URL. Env RETAIL_API_URL.")] = None,
-    lake: Annotated[str | None, typer.Option(help="Lake root: a path or an object-store URL. Env RETAIL_LAKE.")] = None,
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root: a path or an object-store URL. Env RETAIL_LAKE.")
+    ] = None,
     start: Annotated[str | None, typer.Option(help="First invoice day, YYYY-MM-DD (inclusive).")] = None,
     end: Annotated[str | None, typer.Option(help="Last invoice day, YYYY-MM-DD (inclusive).")] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key. Env RETAIL_API_KEY.", show_default=False)] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key. Env RETAIL_API_KEY.", show_default=False)
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Load and validate only; post nothing.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
 ) -> None:
@@ -128,7 +135,12 @@ def run_command(
     try:
         with _terminate_on_sigterm():
             if interactive:
-                columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+                columns = (
+                    TextColumn("{task.description:>10}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                )
                 with Progress(*columns, console=err, transient=False) as progress:
                     report: RunReport = run(config, RichObserver(progress))
             else:
@@ -137,7 +149,9 @@ def run_command(
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except Terminated:
-        err.print("[bold red]error:[/] stopped by SIGTERM; rerun the same days to complete them", highlight=False)
+        err.print(
+            "[bold red]error:[/] stopped by SIGTERM; rerun the same days to complete them", highlight=False
+        )
         raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         err.print("[bold red]error:[/] interrupted; rerun the same days to complete them", highlight=False)
@@ -145,8 +159,12 @@ def run_command(
     except Exception as exc:
         if os.environ.get("RETAIL_DEBUG"):
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set RETAIL_DEBUG=1 for the traceback)",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}"
+            " (set RETAIL_DEBUG=1 for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_INTERNAL) from None
     out.print(summary_table(report.to_dict()))
 

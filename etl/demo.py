@@ -65,7 +65,18 @@ def main() -> int:
             _wait_healthy(url, service, log_path)
             print(f"==> retail-etl run --source {SAMPLE.relative_to(ROOT)} --lake {lake}", flush=True)
             job = subprocess.run(
-                [sys.executable, "-m", "etl.cli", "run", "--source", str(SAMPLE), "--api-url", url, "--lake", str(lake)],
+                [
+                    sys.executable,
+                    "-m",
+                    "etl.cli",
+                    "run",
+                    "--source",
+                    str(SAMPLE),
+                    "--api-url",
+                    url,
+                    "--lake",
+                    str(lake),
+                ],
                 cwd=ROOT,
                 env={**os.environ, "RETAIL_API_KEY": key},
                 check=False,

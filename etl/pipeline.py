@@ -47,7 +47,7 @@ class RunConfig:
     api_url: str
     api_key: str
     lake: str
-    days: DayRange = DayRange()
+    days: DayRange = field(default_factory=DayRange)
     dry_run: bool = False
     concurrency: int = 4
     lines_per_request: int = 20_000
@@ -74,13 +74,13 @@ class RunObserver(Protocol):
 class LogObserver:
     """Structured log lines, one per stage: the default off a terminal (Airflow, CI, cron)."""
 
-    def stage_started(self, stage: str, total: int | None) -> None:  # noqa: D102
+    def stage_started(self, stage: str, total: int | None) -> None:
         log.info("stage started", extra={"stage": stage, "total": total})
 
-    def advanced(self, stage: str, amount: int) -> None:  # noqa: D102
+    def advanced(self, stage: str, amount: int) -> None:
         pass
 
-    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:  # noqa: D102
+    def stage_finished(self, stage: str, seconds: float, counts: Mapping[str, int]) -> None:
         log.info("stage finished", extra={"stage": stage, "seconds": round(seconds, 3), **counts})
 
 
@@ -225,7 +225,9 @@ async def _post_and_read_back(
             counts.update(_post_counts(posted))
             stages.report.customer_conflicts = list(posted.customer_conflicts)
         with stages.stage("read back") as counts:
-            snapshot = await read_back(client, days, concurrency=config.concurrency, page_size=config.page_size)
+            snapshot = await read_back(
+                client, days, concurrency=config.concurrency, page_size=config.page_size
+            )
             counts["lines_read_back"] = snapshot.lines.num_rows
         stages.report.retries = dict(client.retry_stats.by_cause)
     return snapshot

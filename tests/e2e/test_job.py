@@ -48,18 +48,44 @@ def source_rows(path: Path = SAMPLE) -> list[tuple[object, ...]]:
 
 def lake_rows(lake: Path) -> list[tuple[object, ...]]:
     table = ds.dataset(lake / "invoice_lines", format="parquet", partitioning="hive").to_table()
-    columns = ["invoice_no", "stock_code", "description", "quantity", "invoice_date", "unit_price",
-               "customer_id", "country"]
+    columns = [
+        "invoice_no",
+        "stock_code",
+        "description",
+        "quantity",
+        "invoice_date",
+        "unit_price",
+        "customer_id",
+        "country",
+    ]
     data = table.select(columns).to_pydict()
     return list(zip(*(data[c] for c in columns), strict=True))
 
 
-def run_job(service: LiveService, lake: Path, *args: str, source: Path = SAMPLE) -> subprocess.CompletedProcess[str]:
+def run_job(
+    service: LiveService, lake: Path, *args: str, source: Path = SAMPLE
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RETAIL_API_KEY": service.api_key, "RETAIL_CACHE_DIR": str(lake.parent / "cache")}
     return subprocess.run(
-        [sys.executable, "-m", "etl.cli", "run", "--source", str(source), "--api-url", service.url,
-         "--lake", str(lake), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "etl.cli",
+            "run",
+            "--source",
+            str(source),
+            "--api-url",
+            service.url,
+            "--lake",
+            str(lake),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
     )
 
 
@@ -163,9 +189,28 @@ def test_missing_source_is_one_line_and_exit_2(sqlite_url: str, tmp_path: Path) 
 def test_unreachable_service_is_one_line_and_exit_3(tmp_path: Path) -> None:
     env = {**os.environ, "RETAIL_API_KEY": "k", "RETAIL_RETRY_BUDGET_SECONDS": "2"}
     result = subprocess.run(
-        [sys.executable, "-m", "etl.cli", "run", "--source", str(SAMPLE), "--api-url", "http://127.0.0.1:9",
-         "--lake", str(tmp_path / "lake"), "--start", "2010-12-02", "--end", "2010-12-02"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "etl.cli",
+            "run",
+            "--source",
+            str(SAMPLE),
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--lake",
+            str(tmp_path / "lake"),
+            "--start",
+            "2010-12-02",
+            "--end",
+            "2010-12-02",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 3, result.stderr
     assert_one_line_error(result.stderr)
@@ -176,9 +221,24 @@ def test_wrong_api_key_is_one_line_and_nonzero(sqlite_url: str, tmp_path: Path) 
     with live_service(sqlite_url) as service:
         env = {**os.environ, "RETAIL_API_KEY": "wrong"}
         result = subprocess.run(
-            [sys.executable, "-m", "etl.cli", "run", "--source", str(SAMPLE), "--api-url", service.url,
-             "--lake", str(tmp_path / "lake")],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "etl.cli",
+                "run",
+                "--source",
+                str(SAMPLE),
+                "--api-url",
+                service.url,
+                "--lake",
+                str(tmp_path / "lake"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
         )
     assert result.returncode == 3
     assert_one_line_error(result.stderr, "API key")

@@ -1,0 +1,596 @@
+"""`write_lake` / `read_lake_table` / `write_run_report`: exact round trips, what pandas and DuckDB see,
+replacing days exactly, crash safety, and the same on S3 (moto's server) and `memory://`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from etl import lake as lake_module
+from etl.errors import LakeError
+from etl.lake import TABLE_SCHEMAS, TABLES, read_lake_table, write_lake, write_run_report
+from etl.schema import (
+    INVOICE_SCHEMA,
+    LINE_SCHEMA,
+    REJECT_SCHEMA,
+    SOURCE_COLUMNS,
+    ServiceSnapshot,
+    ValidatedSource,
+)
+from tests.etl.conftest import SAMPLE_DAYS, lines_of_day, snapshot_of
+
+DAY1, DAY2, DAY3, DAY4 = SAMPLE_DAYS
+FINGERPRINT = "sha256-0123abcd"
+
+
+def rejects_table(rows: list[tuple[int, str, dt.date | None]]) -> pa.Table:
+    """Rejects with the given (source_row, reason, invoice_day)."""
+    return pa.table(
+        {
+            "source_row": [r[0] for r in rows],
+            **{c: [f"{c}-{r[0]}" for r in rows] for c in SOURCE_COLUMNS},
+            "reason": [r[1] for r in rows],
+            "invoice_day": [r[2] for r in rows],
+        },
+        schema=REJECT_SCHEMA,
+    )
+
+
+SOME_REJECTS = rejects_table(
+    [
+        (7, "unparseable Quantity 'x'", DAY2),
+        (3, "unparseable Quantity 'y'", DAY2),
+        (9, "unparseable InvoiceDate 'z'", None),
+    ]
+)
+
+
+def sorted_lines(lines: pa.Table) -> pa.Table:
+    return lines.sort_by(
+        [("invoice_day", "ascending"), ("invoice_no", "ascending"), ("line_no", "ascending")]
+    )
+
+
+def visible_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+    }
+
+
+def all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Path:
+    return tmp_path / "lake"
+
+
+def write_sample(
+    root: str, snapshot: ServiceSnapshot, rejects: pa.Table = SOME_REJECTS, **kwargs: Any
+) -> Any:
+    return write_lake(root, SAMPLE_DAYS, snapshot, rejects, source_fingerprint=FINGERPRINT, **kwargs)
+
+
+# --- round trip ---------------------------------------------------------------------------------
+
+
+def test_layout_and_exact_round_trip(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    report = write_sample(str(lake), sample_snapshot)
+
+    day = "invoice_day=2010-12-01"
+    assert f"invoice_lines/{day}/part-0.parquet" in all_files(lake)
+    assert f"invoices/{day}/part-0.parquet" in all_files(lake)
+    assert f"customers/{day}/part-0.parquet" in all_files(lake)
+    assert all_files(lake_dir := lake / "rejects") == [
+        "invoice_day=2010-12-02/part-0.parquet",
+        f"invoice_day=__HIVE_DEFAULT_PARTITION__/part-{FINGERPRINT}.parquet",
+    ]
+    assert len(all_files(lake)) == 4 * 3 + 2 and lake_dir.exists()  # nothing else, no temp files
+    assert report.rows == {"invoice_lines": 8326, "invoices": 449, "customers": 331, "rejects": 3}
+    assert report.partitions_written == 14 and report.days == SAMPLE_DAYS
+
+    lines = read_lake_table(str(lake), "invoice_lines")
+    assert lines.schema == LINE_SCHEMA
+    assert lines.equals(sorted_lines(sample_snapshot.lines))
+
+
+def test_files_hold_explicit_schemas_sorted_and_zstd(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+
+    path = lake / "invoice_lines" / "invoice_day=2010-12-01" / "part-0.parquet"
+    in_file = pq.read_table(path)
+    # Parquet has no second unit: timestamp[s] is stored as milliseconds (same instants);
+    # read_lake_table's explicit schema gives timestamp[s] back.
+    file_schema = lake_module.FILE_SCHEMAS["invoice_lines"]
+    stored = file_schema.set(
+        file_schema.get_field_index("invoice_date"),
+        pa.field("invoice_date", pa.timestamp("ms"), nullable=False),
+    )
+    assert in_file.schema.equals(stored)
+    assert "invoice_day" not in in_file.column_names  # the path carries it
+    keys = list(zip(in_file["invoice_no"].to_pylist(), in_file["line_no"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_invoices_are_derived_exactly(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+
+    invoices = read_lake_table(str(lake), "invoices")
+    assert invoices.schema == INVOICE_SCHEMA
+    by_no = {row["invoice_no"]: row for row in invoices.to_pylist()}
+    assert by_no["536365"] == {
+        "invoice_no": "536365",
+        "invoice_date": dt.datetime(2010, 12, 1, 8, 26),
+        "customer_id": "17850",
+        "country": "United Kingdom",
+        "line_count": 7,
+        "total_quantity": 40,
+        "total_amount": Decimal("139.120"),
+        "invoice_day": DAY1,
+    }
+    assert by_no["A563186"]["total_amount"] == Decimal("-11062.060")
+    assert by_no["A563186"]["customer_id"] is None
+    # Totals agree with the lines to the thousandth.
+    lines = sample_snapshot.lines
+    amount = pc.sum(pc.multiply(lines["unit_price"], pc.cast(lines["quantity"], pa.decimal128(19, 0))))
+    assert pc.sum(invoices["total_amount"]).as_py() == amount.as_py()
+    assert pc.sum(invoices["line_count"]).as_py() == 8326
+
+
+def test_invoice_date_is_the_first_line_timestamp(lake: Path) -> None:
+    rows = {
+        "invoice_no": ["9", "9"],
+        "line_no": [1, 2],
+        "stock_code": ["A", "B"],
+        "description": [None, "b"],
+        "quantity": [1, 2],
+        "unit_price": [Decimal("1.5"), Decimal("0.25")],
+        "invoice_date": [dt.datetime(2010, 12, 1, 9, 1), dt.datetime(2010, 12, 1, 9, 0)],
+        "customer_id": [None, None],
+        "country": ["UK", "UK"],
+        "invoice_day": [DAY1, DAY1],
+    }
+    snapshot = snapshot_of(pa.table(rows, schema=LINE_SCHEMA))
+
+    write_lake(str(lake), [DAY1], snapshot, REJECT_SCHEMA.empty_table(), source_fingerprint=FINGERPRINT)
+
+    invoice = read_lake_table(str(lake), "invoices").to_pylist()[0]
+    assert invoice["invoice_date"] == dt.datetime(2010, 12, 1, 9, 0)
+    assert invoice["total_amount"] == Decimal("2.000")
+    assert not (lake / "customers").exists()  # no customer that day: no partition
+
+
+def test_customers_per_day_use_the_stored_country(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    # The service keeps a customer's first country; the lake's customers show that one.
+    customers = sample_snapshot.customers
+    first = customers["customer_id"][0].as_py()
+    moved = customers.set_column(
+        1, "country", pc.if_else(pc.equal(customers["customer_id"], first), "Atlantis", customers["country"])
+    )
+    write_sample(str(lake), ServiceSnapshot(sample_snapshot.lines, moved))
+
+    table = read_lake_table(str(lake), "customers")
+    assert table.schema == TABLE_SCHEMAS["customers"]
+    day1 = table.filter(pc.equal(table["invoice_day"], pa.scalar(DAY1, pa.date32())))
+    expected = sorted(set(lines_of_day(sample_snapshot.lines, DAY1)["customer_id"].drop_null().to_pylist()))
+    assert day1["customer_id"].to_pylist() == expected
+    assert (
+        dict(zip(day1["customer_id"].to_pylist(), day1["country"].to_pylist(), strict=True))[first]
+        == "Atlantis"
+    )
+
+
+def test_rejects_round_trip_with_the_default_partition(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+
+    rejects = read_lake_table(str(lake), "rejects")
+    assert rejects.schema == REJECT_SCHEMA
+    assert rejects["source_row"].to_pylist() == [3, 7, 9]  # by day (undated last), then source row
+    assert rejects["invoice_day"].to_pylist() == [DAY2, DAY2, None]
+    assert read_lake_table(str(lake), "rejects", [DAY2])["source_row"].to_pylist() == [3, 7]
+
+
+def test_reading_selected_days_and_missing_tables(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    assert read_lake_table(str(lake), "invoice_lines").num_rows == 0  # nothing written yet
+    write_sample(str(lake), sample_snapshot)
+
+    some = read_lake_table(str(lake), "invoice_lines", [DAY3, dt.date(2000, 1, 1)])
+    assert some.equals(sorted_lines(lines_of_day(sample_snapshot.lines, DAY3)))
+    with pytest.raises(ValueError, match="unknown lake table"):
+        read_lake_table(str(lake), "orders")
+
+
+# --- what other readers see ---------------------------------------------------------------------
+
+
+def test_pandas_reads_correct_types(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+
+    frame = pd.read_parquet(f"{lake}/invoice_lines")
+    assert len(frame) == 8326
+    first = frame[(frame["invoice_no"] == "536365") & (frame["line_no"] == 1)].iloc[0]
+    assert first["unit_price"] == Decimal("2.550") and isinstance(first["unit_price"], Decimal)
+    assert pd.api.types.is_datetime64_dtype(frame["invoice_date"])
+    assert first["invoice_date"] == pd.Timestamp("2010-12-01 08:26:00")
+    assert first["customer_id"] == "17850"
+    assert frame["quantity"].dtype == "int64"
+    assert sorted(frame["invoice_day"].astype(str).unique()) == [d.isoformat() for d in SAMPLE_DAYS]
+
+    # Rejects with a default partition: pandas needs the partition type spelled out (pyarrow cannot
+    # infer a dictionary with a null key); this is the documented way for analysts.
+    partitioning = ds.partitioning(pa.schema([("invoice_day", pa.date32())]), flavor="hive")
+    rejects = pd.read_parquet(f"{lake}/rejects", partitioning=partitioning)
+    assert sorted(rejects["source_row"]) == [3, 7, 9]
+    assert rejects["invoice_day"].isna().sum() == 1
+
+
+def test_duckdb_reads_correct_types(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    # A temp file a crashed write left behind must not be picked up by the glob.
+    (lake / "invoice_lines" / "invoice_day=2010-12-01" / ".part-0.parquet.dead.tmp").write_bytes(b"junk")
+
+    con = duckdb.connect()
+    source = f"read_parquet('{lake}/invoice_lines/*/*.parquet', hive_partitioning=true)"
+    types = dict(
+        con.execute(f"select column_name, column_type from (describe select * from {source})").fetchall()
+    )
+    assert types["unit_price"] == "DECIMAL(12,3)"
+    assert types["invoice_date"] == "TIMESTAMP"
+    assert types["customer_id"] == "VARCHAR"
+    assert types["invoice_day"] == "DATE"
+    row = con.execute(
+        f"select count(*), sum(quantity * unit_price), "
+        f"max(customer_id) filter (where invoice_no = '536365') from {source}"
+    ).fetchone()
+    assert row is not None
+    count, total, customer = row
+    assert count == 8326
+    lines = sample_snapshot.lines
+    assert (
+        total
+        == pc.sum(pc.multiply(lines["unit_price"], pc.cast(lines["quantity"], pa.decimal128(19, 0)))).as_py()
+    )
+    assert customer == "17850"
+    undated = con.execute(
+        f"select count(*) from read_parquet('{lake}/rejects/*/*.parquet', hive_partitioning=true) "
+        "where invoice_day is null"
+    ).fetchone()
+    assert undated == (1,)
+
+
+# --- reruns ---------------------------------------------------------------------------------------
+
+
+def test_same_input_twice_gives_byte_identical_files(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    before = visible_files(lake)
+
+    write_sample(str(lake), sample_snapshot)
+
+    assert visible_files(lake) == before
+
+
+def test_rerun_of_a_day_replaces_exactly_that_day(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    before = visible_files(lake)
+    lines = sample_snapshot.lines
+    # Day 1 changed upstream: customer 17850's invoices are gone. The run covers day 1 only.
+    not_17850 = pc.fill_null(pc.not_equal(lines["customer_id"], "17850"), True)
+    changed = lines.filter(pc.and_(pc.equal(lines["invoice_day"], pa.scalar(DAY1, pa.date32())), not_17850))
+
+    report = write_lake(
+        str(lake), [DAY1], snapshot_of(changed), REJECT_SCHEMA.empty_table(), source_fingerprint=FINGERPRINT
+    )
+
+    after = visible_files(lake)
+    changed_files = {name for name in after if after[name] != before.get(name)}
+    assert changed_files == {
+        "invoice_lines/invoice_day=2010-12-01/part-0.parquet",
+        "invoices/invoice_day=2010-12-01/part-0.parquet",
+        "customers/invoice_day=2010-12-01/part-0.parquet",
+    }
+    # The undated rejects of this source were re-stated as "none": their file goes; day 2's stay.
+    assert set(before) - set(after) == {
+        f"rejects/invoice_day=__HIVE_DEFAULT_PARTITION__/part-{FINGERPRINT}.parquet"
+    }
+    assert report.files_removed == (
+        str(lake / "rejects" / "invoice_day=__HIVE_DEFAULT_PARTITION__" / f"part-{FINGERPRINT}.parquet"),
+    )
+    day1 = read_lake_table(str(lake), "invoice_lines", [DAY1])
+    assert day1.equals(sorted_lines(changed))
+    assert read_lake_table(str(lake), "invoice_lines", [DAY2]).equals(sorted_lines(lines_of_day(lines, DAY2)))
+    invoices = read_lake_table(str(lake), "invoices", [DAY1])["invoice_no"].to_pylist()
+    assert "536365" not in invoices and "536367" in invoices
+    assert "17850" not in read_lake_table(str(lake), "customers", [DAY1])["customer_id"].to_pylist()
+    assert "17850" in read_lake_table(str(lake), "customers", [DAY2])["customer_id"].to_pylist()
+
+
+def test_a_day_without_rows_loses_its_partitions(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    lines = sample_snapshot.lines
+    others = lines.filter(pc.not_equal(lines["invoice_day"], pa.scalar(DAY2, pa.date32())))
+
+    write_lake(
+        str(lake),
+        [DAY2],
+        snapshot_of(others.slice(0, 0)),
+        REJECT_SCHEMA.empty_table(),
+        source_fingerprint="other",
+    )
+
+    for table in TABLES:
+        assert not (lake / table / "invoice_day=2010-12-02").exists(), table
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(others))
+    # Another source's fingerprint: this source's undated rejects are not touched.
+    assert read_lake_table(str(lake), "rejects")["source_row"].to_pylist() == [9]
+
+
+def test_undated_rejects_of_several_sources_coexist(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    empty = snapshot_of(sample_snapshot.lines.slice(0, 0))
+    write_lake(str(lake), [], empty, rejects_table([(1, "a", None)]), source_fingerprint="one")
+    write_lake(str(lake), [], empty, rejects_table([(2, "b", None)]), source_fingerprint="two")
+    write_lake(str(lake), [], empty, rejects_table([(3, "c", None)]), source_fingerprint="one")
+
+    assert read_lake_table(str(lake), "rejects")["source_row"].to_pylist() == [2, 3]
+
+
+# --- crashes --------------------------------------------------------------------------------------
+
+
+def test_a_crash_mid_write_leaves_each_partition_old_or_new(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    old = {day: lines_of_day(sample_snapshot.lines, day) for day in SAMPLE_DAYS}
+    doubled = sample_snapshot.lines.set_column(
+        4, "quantity", pc.multiply(sample_snapshot.lines["quantity"], 2)
+    ).cast(LINE_SCHEMA)
+    new = {day: lines_of_day(doubled, day) for day in SAMPLE_DAYS}
+
+    real_move = lake_module._move
+    moves = 0
+
+    def failing_move(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
+        nonlocal moves
+        moves += 1
+        if moves == 3:
+            raise OSError("No space left on device")
+        real_move(fs, source, target)
+
+    monkeypatch.setattr(lake_module, "_move", failing_move)
+    with pytest.raises(LakeError, match=r"cannot write the lake at .*No space left on device"):
+        write_sample(str(lake), snapshot_of(doubled))
+
+    states = []
+    for day in SAMPLE_DAYS:
+        got = read_lake_table(str(lake), "invoice_lines", [day])
+        assert got.equals(sorted_lines(old[day])) or got.equals(sorted_lines(new[day]))
+        states.append("new" if got.equals(sorted_lines(new[day])) else "old")
+    assert "new" in states and "old" in states  # the failure really happened mid-way
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]  # this write's temp files are gone
+
+    monkeypatch.setattr(lake_module, "_move", real_move)
+    write_sample(str(lake), snapshot_of(doubled))
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(doubled))
+
+
+def test_temp_files_of_a_killed_write_are_ignored_then_cleaned(
+    lake: Path, sample_snapshot: ServiceSnapshot
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    # What a process killed between writing and moving leaves: a complete-looking hidden file.
+    partition = lake / "invoice_lines" / "invoice_day=2010-12-01"
+    leftover = partition / f".part-0.parquet.{uuid.uuid4().hex}.tmp"
+    leftover.write_bytes((partition / "part-0.parquet").read_bytes())
+    new_day = lake / "invoices" / "invoice_day=2011-01-01"
+    new_day.mkdir()
+    (new_day / f".part-0.parquet.{uuid.uuid4().hex}.tmp").write_bytes(b"half a file")
+
+    assert read_lake_table(str(lake), "invoice_lines").num_rows == 8326  # not doubled
+    assert len(pd.read_parquet(f"{lake}/invoice_lines")) == 8326
+    assert read_lake_table(str(lake), "invoices").num_rows == 449
+
+    write_lake(
+        str(lake),
+        [DAY4],
+        sample_snapshot_for(sample_snapshot, DAY4),
+        SOME_REJECTS.slice(0, 0),
+        source_fingerprint="x",
+    )
+
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]
+
+
+def sample_snapshot_for(snapshot: ServiceSnapshot, day: dt.date) -> ServiceSnapshot:
+    return ServiceSnapshot(lines_of_day(snapshot.lines, day), snapshot.customers)
+
+
+# --- contract and errors -------------------------------------------------------------------------
+
+
+def test_rows_outside_the_days_are_refused(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    with pytest.raises(ValueError, match="outside the days written"):
+        write_lake(str(lake), [DAY1], sample_snapshot, REJECT_SCHEMA.empty_table(), source_fingerprint="x")
+    with pytest.raises(ValueError, match="rejects has rows on day"):
+        write_lake(
+            str(lake),
+            SAMPLE_DAYS,
+            sample_snapshot,
+            rejects_table([(1, "r", dt.date(2000, 1, 1))]),
+            source_fingerprint="x",
+        )
+    assert not lake.exists()  # refused before anything was written
+
+
+def test_customers_missing_from_the_snapshot_are_refused(
+    lake: Path, sample_validated: ValidatedSource
+) -> None:
+    snapshot = snapshot_of(sample_validated.lines)
+    partial = ServiceSnapshot(snapshot.lines, snapshot.customers.slice(1))
+    with pytest.raises(ValueError, match="lacks customer"):
+        write_sample(str(lake), partial)
+
+
+def test_unwritable_root_is_a_lake_error(tmp_path: Path, sample_snapshot: ServiceSnapshot) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+
+    with pytest.raises(LakeError, match=re.escape(f"cannot write the lake at {blocker}/lake")) as error:
+        write_sample(f"{blocker}/lake", sample_snapshot)
+    assert "\n" not in str(error.value)
+    with pytest.raises(LakeError, match="cannot open the lake"):
+        write_sample("nosuchprotocol://bucket/lake", sample_snapshot)
+
+
+def test_bad_fingerprint_is_refused(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    with pytest.raises(ValueError, match="source_fingerprint"):
+        write_lake(str(lake), SAMPLE_DAYS, sample_snapshot, SOME_REJECTS, source_fingerprint="../x")
+
+
+def test_run_report_is_written_atomically(lake: Path) -> None:
+    report = {"run_id": "r1", "day": dt.date(2010, 12, 1), "total": Decimal("1.500"), "counts": {"lines": 3}}
+
+    location = write_run_report(str(lake), "20240101T000000Z-abc", report)
+    location2 = write_run_report(str(lake), "scheduled__2024-01-01T00:00:00+00:00", {"ok": True})
+
+    assert location == str(lake / "_runs" / "20240101T000000Z-abc.json")
+    assert json.loads(Path(location).read_text()) == {
+        "run_id": "r1",
+        "day": "2010-12-01",
+        "total": "1.500",
+        "counts": {"lines": 3},
+    }
+    assert json.loads(Path(location2).read_text()) == {"ok": True}
+    assert all_files(lake / "_runs") == [
+        "20240101T000000Z-abc.json",
+        "scheduled__2024-01-01T00:00:00+00:00.json",
+    ]
+    with pytest.raises(ValueError, match="run_id"):
+        write_run_report(str(lake), "../escape", {})
+
+
+# --- object stores ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bucket(s3_options: dict[str, Any]) -> Iterator[str]:
+    fs = fsspec.filesystem("s3", **s3_options)
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    yield name
+    fs.rm(name, recursive=True)
+
+
+def test_s3_round_trip_rerun_and_report(
+    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot
+) -> None:
+    root = f"s3://{bucket}/lake"
+
+    report = write_sample(root, sample_snapshot, storage_options=s3_options)
+    before = {p: b for p, b in _s3_files(bucket, s3_options).items()}
+    write_sample(root, sample_snapshot, storage_options=s3_options)
+    location = write_run_report(root, "run-1", report.as_dict(), storage_options=s3_options)
+
+    assert report.files_written[0].startswith(f"s3://{bucket}/lake/")
+    files = _s3_files(bucket, s3_options)
+    assert {k: v for k, v in files.items() if "/_runs/" not in k} == before  # byte-identical rerun
+    assert len(before) == 14 and not [k for k in files if k.endswith(".tmp")]
+    lines = read_lake_table(root, "invoice_lines", storage_options=s3_options)
+    assert lines.equals(sorted_lines(sample_snapshot.lines))
+    assert read_lake_table(root, "rejects", storage_options=s3_options)["invoice_day"].to_pylist() == [
+        DAY2,
+        DAY2,
+        None,
+    ]
+    assert location == f"s3://{bucket}/lake/_runs/run-1.json"
+    assert json.loads(files[f"{bucket}/lake/_runs/run-1.json"])["rows"]["invoice_lines"] == 8326
+
+    lines_all = sample_snapshot.lines
+    write_lake(
+        root,
+        [DAY2],
+        snapshot_of(lines_all.slice(0, 0)),
+        REJECT_SCHEMA.empty_table(),
+        source_fingerprint=FINGERPRINT,
+        storage_options=s3_options,
+    )
+    after = read_lake_table(root, "invoice_lines", storage_options=s3_options)
+    assert DAY2 not in set(after["invoice_day"].to_pylist())
+    assert after.num_rows == 8326 - lines_of_day(lines_all, DAY2).num_rows
+
+
+def test_s3_missing_bucket_is_a_lake_error(
+    s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot
+) -> None:
+    with pytest.raises(LakeError, match="cannot write the lake at s3://no-such-bucket-"):
+        write_sample(
+            f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/lake", sample_snapshot, storage_options=s3_options
+        )
+
+
+def test_s3_endpoint_from_the_environment(
+    bucket: str, s3_endpoint: str, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # botocore reads AWS_ENDPOINT_URL itself: no storage options needed.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    day = sample_snapshot_for(sample_snapshot, DAY3)
+    options = {"skip_instance_cache": True}
+
+    write_lake(
+        f"s3://{bucket}/lake",
+        [DAY3],
+        day,
+        SOME_REJECTS.slice(0, 0),
+        source_fingerprint="x",
+        storage_options=options,
+    )
+
+    assert read_lake_table(f"s3://{bucket}/lake", "invoice_lines", storage_options=options).equals(
+        sorted_lines(day.lines)
+    )
+
+
+def _s3_files(bucket: str, options: dict[str, Any]) -> dict[str, bytes]:
+    fs = fsspec.filesystem("s3", **options)
+    fs.invalidate_cache()
+    return {path: fs.cat_file(path) for path in fs.find(bucket)}
+
+
+def test_memory_filesystem(sample_snapshot: ServiceSnapshot) -> None:
+    root = f"memory://lake-{uuid.uuid4().hex[:8]}"
+    fs, path = fsspec.core.url_to_fs(root)
+    try:
+        write_sample(root, sample_snapshot)
+        write_sample(root, sample_snapshot)
+        write_run_report(root, "run-1", {"ok": True})
+
+        assert read_lake_table(root, "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
+        assert read_lake_table(root, "invoices").num_rows == 449
+        names = [p.removeprefix(path + "/") for p in fs.find(path)]
+        assert len(names) == 15 and not [n for n in names if n.endswith(".tmp")]
+        assert "_runs/run-1.json" in names
+    finally:
+        fs.rm(path, recursive=True)
