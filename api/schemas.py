@@ -18,6 +18,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -42,6 +43,21 @@ COUNTRY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 DESCRIPTION_PATTERN = r"^[^\x00]*$"
 
 _THOUSANDTH = Decimal("0.001")
+
+# The data's timestamps are naive local (UK) time. OpenAPI's `date-time` format requires an offset, so
+# declaring it would make every answer invalid for a strict client: describe what is really exchanged.
+LOCAL_DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"
+LocalDatetime = Annotated[
+    NaiveDatetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": LOCAL_DATE_TIME_PATTERN,
+            "description": "Local (UK) time without an offset, as in the source data",
+            "examples": ["2010-12-01T08:26:00"],
+        }
+    ),
+]
 
 
 def _int_to_str(value: Any) -> Any:
@@ -126,7 +142,7 @@ class LineFields(BaseModel):
     description: Description | None = None
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: NaiveDatetime | None = None
+    invoice_date: LocalDatetime | None = None
 
 
 # Lines inside invoices are TypedDicts, not models: a bulk request carries up to 50,000 of them and
@@ -144,7 +160,7 @@ class LineCreate(TypedDict):
     description: NotRequired[Description | None]
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: NotRequired[NaiveDatetime | None]
+    invoice_date: NotRequired[LocalDatetime | None]
 
 
 class LinePublic(TypedDict):
@@ -155,7 +171,7 @@ class LinePublic(TypedDict):
     description: str | None
     quantity: int
     unit_price: Money
-    invoice_date: dt.datetime
+    invoice_date: LocalDatetime
 
 
 # --- invoices -------------------------------------------------------------------------------------
@@ -165,7 +181,7 @@ class InvoiceCreate(BaseModel):
     """An invoice for POST /customer/{customer_id}/invoice; lines are optional."""
 
     invoice_no: InvoiceNo
-    invoice_date: NaiveDatetime
+    invoice_date: LocalDatetime
     country: Country
     lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
 
@@ -202,7 +218,7 @@ class InvoicePublic(BaseModel):
     """A stored invoice with all its lines, in `line_no` order."""
 
     invoice_no: str
-    invoice_date: dt.datetime
+    invoice_date: LocalDatetime
     invoice_day: dt.date
     country: str
     customer_id: str | None
