@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
+import orjson
 from sqlalchemy import ColumnElement, Row, Table, distinct, exists, func, insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -38,6 +39,8 @@ _LINE_COLUMNS = (
     InvoiceLine.unit_price,
     InvoiceLine.invoice_date,
 )
+#: The columns COPY fills for a new line (PostgreSQL's bulk path).
+_LINE_COPY_COLUMNS = (InvoiceLine.invoice_no, *_LINE_COLUMNS)
 _INVOICE_COLUMNS = (
     Invoice.invoice_no,
     Invoice.invoice_date,
@@ -422,11 +425,31 @@ def _store_invoices(
             )
         ]
         if line_rows:
-            session.execute(insert(INVOICE_LINES), line_rows)
+            _insert_lines(session, line_rows)
 
     return schemas.BulkInvoicesResult(
         created=len(inserted), unchanged=len(first_index) - len(inserted), lines_created=len(line_rows)
     )
+
+
+def _insert_lines(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert new lines in the session's transaction: COPY on PostgreSQL, executemany elsewhere.
+
+    The lines belong to invoices inserted just now in this transaction, so no row can collide and COPY
+    (several times faster than INSERT for tens of thousands of rows) changes nothing of what is stored;
+    a failure still rolls back the whole request.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(INVOICE_LINES), rows)
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    names = [column.name for column in _LINE_COPY_COLUMNS]
+    statement = f"COPY {INVOICE_LINES.name} ({', '.join(names)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[name] for name in names])
 
 
 def _invoice_conflict(invoice_nos: Iterable[str]) -> ConflictError:
@@ -464,10 +487,12 @@ def _stored_hashes(session: Session, invoice_nos: Sequence[str]) -> dict[str, st
 
 def read_invoices_page(
     session: Session, *, start: dt.date | None, end: dt.date | None, limit: int, cursor: str | None
-) -> schemas.InvoicePage:
-    """Invoices whose day is in [start, end] ordered by (invoice_day, invoice_no), with their lines.
+) -> bytes:
+    """Invoices whose day is in [start, end] ordered by (invoice_day, invoice_no), with their lines:
+    an `InvoicePage` as JSON.
 
     Two queries per page: the invoice headers (keyset on the index), then all their lines with `IN`.
+    The page is serialised straight from the rows (see `_page_json`), not through `InvoicePage`.
     """
     stmt = select(*_INVOICE_COLUMNS).where(*_invoice_days(start, end))
     if cursor is not None:
@@ -480,9 +505,23 @@ def read_invoices_page(
     if len(headers) > limit:
         last = headers[limit - 1]
         next_cursor = _encode_cursor("i", last.invoice_day.isoformat(), last.invoice_no)
-    return schemas.InvoicePage.model_validate(
-        {"items": _invoices_with_lines(session, headers[:limit]), "next_cursor": next_cursor}
-    )
+    return _page_json({"items": _invoices_with_lines(session, headers[:limit]), "next_cursor": next_cursor})
+
+
+def _page_json(page: dict[str, Any]) -> bytes:
+    """A page of stored rows as JSON, spelled as `InvoicePage` spells it (prices as `money_text`,
+    naive ISO timestamps, keys in the model's order).
+
+    A page holds up to ~100,000 lines whose values come from the database's typed columns; validating
+    them into pydantic models only to dump them again took about a fifth of the read-back's time.
+    """
+    return orjson.dumps(page, default=_json_default)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return schemas.money_text(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 # --- lines and stock codes ------------------------------------------------------------------------

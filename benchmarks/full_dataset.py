@@ -1,28 +1,45 @@
-"""The full data set through the service on PostgreSQL into a fresh lake.
+"""The full data set through the service on PostgreSQL, against the no-HTTP floor.
 
-    .venv/bin/python benchmarks/full_dataset.py [--source PATH] [--workers N]
+    .venv/bin/python benchmarks/full_dataset.py [--source PATH] [--workers N] [--repeat 3]
 
-Creates a fresh PostgreSQL database, starts the real service (uvicorn) on it, runs `retail-etl run` over all
-541,909 lines into an empty lake, then runs it again over the same data (everything already stored).
-Prints wall time per stage from the run report, the job's wall time and peak RSS, and the service's
-peak RSS (sampled, including its worker processes).
+Each repeat measures, each on a fresh PostgreSQL database:
+
+- the floor: the same source rows read from the file, stored with COPY, read back with COPY and written
+  as Parquet, with no HTTP and no service in between;
+- the full job (`retail-etl run` as a child process against the real service, uvicorn) from the source
+  file to a reconciled, empty-at-start lake, then the same run again (everything already stored);
+- the job over the first quarter and the first half of the invoice days (`--start/--end`), for
+  seconds per 100,000 lines at three sizes;
+- one invoice day (the unit the DAG runs) on a warm service: a warm-up day first, then another day; its
+  job time is the sum of the stage seconds of the run report.
+
+Prints every repeat, then the medians against the targets.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import io
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +48,27 @@ from tests.support.postgres import temporary_database  # noqa: E402
 from tests.support.service import live_service  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "datasets" / "online_retail" / "online_retail.csv.gz"
+API_KEY = "bench-key"
+
+# The floor's table: the source's eight columns with the types the service stores.
+FLOOR_TYPES = {
+    "InvoiceNo": pa.string(),
+    "StockCode": pa.string(),
+    "Description": pa.string(),
+    "Quantity": pa.int64(),
+    "InvoiceDate": pa.timestamp("s"),
+    "UnitPrice": pa.decimal128(12, 3),
+    "CustomerID": pa.string(),
+    "Country": pa.string(),
+}
+FLOOR_DDL = """
+CREATE TABLE floor_lines (
+    invoice_no text NOT NULL, stock_code text NOT NULL, description text, quantity bigint NOT NULL,
+    invoice_date timestamp NOT NULL, unit_price numeric(12, 3) NOT NULL, customer_id text,
+    country text NOT NULL
+)
+"""
+COPY_CHUNK = 1 << 20
 
 
 class PeakRss:
@@ -61,28 +99,101 @@ class PeakRss:
             time.sleep(self.interval)
 
 
-def run_job(source: Path, url: str, key: str, lake: Path) -> tuple[float, int, dict[str, Any]]:
-    """Runs `retail-etl run` as a child process; returns wall seconds, peak RSS bytes and the run report."""
-    env = {**os.environ, "RETAIL_API_KEY": key}
-    started = time.perf_counter()
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "etl.cli",
-            "run",
-            "--source",
-            str(source),
-            "--api-url",
-            url,
-            "--lake",
-            str(lake),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+@dataclass(frozen=True)
+class JobRun:
+    """One `retail-etl run`: wall seconds of the process, its peak RSS, and its run report."""
+
+    seconds: float
+    peak_rss: int
+    report: dict[str, Any]
+
+    @property
+    def lines(self) -> int:
+        return int(self.report["counts"]["lines"])
+
+    @property
+    def stage_seconds(self) -> float:
+        return float(sum(self.report["seconds"].values()))
+
+
+def _pg_conninfo(database_url: str) -> str:
+    return database_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def read_source(source: Path) -> pa.Table:
+    """The source rows, typed like the service stores them."""
+    return pacsv.read_csv(
+        source,
+        convert_options=pacsv.ConvertOptions(
+            column_types=FLOOR_TYPES, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
     )
+
+
+def measure_floor(source: Path, database_url: str, out_dir: Path) -> tuple[float, int]:
+    """Source → COPY into PostgreSQL → COPY out → Parquet, no HTTP; returns seconds and rows written."""
+    started = time.perf_counter()
+    table = read_source(source)
+    with psycopg.connect(_pg_conninfo(database_url)) as conn:
+        conn.execute(FLOOR_DDL)
+        buffer = io.BytesIO()
+        pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
+        data = buffer.getbuffer()
+        with conn.cursor() as cur, cur.copy("COPY floor_lines FROM STDIN (FORMAT csv)") as copy:
+            for offset in range(0, len(data), COPY_CHUNK):
+                copy.write(data[offset : offset + COPY_CHUNK])
+        del data
+        conn.commit()
+        out = io.BytesIO()
+        with conn.cursor() as cur, cur.copy("COPY floor_lines TO STDOUT (FORMAT csv)") as copy:
+            for chunk in copy:
+                out.write(chunk)
+    out.seek(0)
+    names = list(FLOOR_TYPES)
+    stored = pacsv.read_csv(
+        out,
+        read_options=pacsv.ReadOptions(column_names=names),
+        convert_options=pacsv.ConvertOptions(
+            column_types=FLOOR_TYPES, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+    pq.write_table(stored, out_dir / "floor_lines.parquet")
+    seconds = time.perf_counter() - started
+    if stored.num_rows != table.num_rows:
+        sys.exit(f"the floor lost rows: {table.num_rows} in, {stored.num_rows} out")
+    return seconds, stored.num_rows
+
+
+def invoice_days(source: Path) -> tuple[list[dt.date], dict[dt.date, int]]:
+    """The source's invoice days in order and the lines of each."""
+    dates = pacsv.read_csv(
+        source,
+        convert_options=pacsv.ConvertOptions(
+            include_columns=["InvoiceDate"], column_types={"InvoiceDate": pa.timestamp("s")}
+        ),
+    )["InvoiceDate"]
+    counts = pc.value_counts(pc.cast(dates, pa.date32()))
+    per_day = {
+        day: count
+        for day, count in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
+    }
+    return sorted(per_day), per_day
+
+
+def run_job(
+    source: Path, url: str, lake: Path, *, start: dt.date | None = None, end: dt.date | None = None
+) -> JobRun:
+    """Runs `retail-etl run` as a child process; returns its wall seconds, peak RSS and run report."""
+    env = {**os.environ, "RETAIL_API_KEY": API_KEY}
+    command = [sys.executable, "-m", "etl.cli", "run", "--source", str(source), "--api-url", url]
+    command += ["--lake", str(lake)]
+    if start is not None and end is not None:
+        command += ["--start", start.isoformat(), "--end", end.isoformat()]
+    before = set((lake / "_runs").glob("*.json")) if (lake / "_runs").exists() else set()
+    started = time.perf_counter()
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert job.stderr is not None
     stderr = job.stderr.read()
     # wait4 gives this child's own rusage: its peak RSS, not the service's.
@@ -91,8 +202,81 @@ def run_job(source: Path, url: str, key: str, lake: Path) -> tuple[float, int, d
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         sys.exit(f"the job failed with exit {code}:\n{stderr.decode(errors='replace')[-2000:]}")
-    report = json.loads(sorted((lake / "_runs").glob("*.json"))[-1].read_text())
-    return seconds, usage.ru_maxrss * 1024, report
+    (report_path,) = set((lake / "_runs").glob("*.json")) - before
+    report = json.loads(report_path.read_text())
+    if report["status"] != "reconciled":
+        sys.exit(f"the job ended {report['status']!r}")
+    return JobRun(seconds, usage.ru_maxrss * 1024, report)
+
+
+def one_repeat(args: argparse.Namespace, days: list[dt.date], per_day: dict[dt.date, int]) -> dict[str, Any]:
+    """One pass over every measurement; returns its figures."""
+    figures: dict[str, Any] = {}
+    with temporary_database("retail_floor") as database_url, tempfile.TemporaryDirectory() as tmp:
+        figures["floor_s"], figures["floor_rows"] = measure_floor(args.source, database_url, Path(tmp))
+    print(f"  floor: {figures['floor_s']:.2f} s for {figures['floor_rows']:,} rows", flush=True)
+
+    def with_service(action: Any) -> Any:
+        with (
+            temporary_database("retail_bench") as database_url,
+            tempfile.TemporaryDirectory() as tmp,
+            live_service(database_url, api_key=API_KEY, workers=args.workers) as service,
+            PeakRss(service.process.pid) as service_rss,
+        ):
+            result = action(service.url, Path(tmp) / "lake")
+            return result, service_rss.peak
+
+    def full(url: str, lake: Path) -> tuple[JobRun, JobRun]:
+        return run_job(args.source, url, lake), run_job(args.source, url, lake)
+
+    (first, rerun), service_peak = with_service(full)
+    figures.update(
+        full_s=first.seconds,
+        full_lines=first.lines,
+        full_rss=first.peak_rss,
+        rerun_s=rerun.seconds,
+        rerun_rss=rerun.peak_rss,
+        service_rss=service_peak,
+        stages_first=first.report["seconds"],
+        stages_rerun=rerun.report["seconds"],
+        rerun_created=rerun.report["counts"].get("invoices_created"),
+    )
+    print(
+        f"  full job: {first.seconds:.1f} s ({first.lines:,} lines), rerun {rerun.seconds:.1f} s, "
+        f"job peak RSS {first.peak_rss / 2**20:,.0f} MiB, service peak RSS {service_peak / 2**20:,.0f} MiB",
+        flush=True,
+    )
+    for label, fraction in (("quarter", 4), ("half", 2)):
+        end = days[len(days) // fraction - 1]
+        part, part_service_peak = with_service(
+            lambda url, lake, end=end: run_job(args.source, url, lake, start=days[0], end=end)
+        )
+        figures[f"{label}_s"], figures[f"{label}_lines"] = part.seconds, part.lines
+        figures["service_rss"] = max(figures["service_rss"], part_service_peak)
+        print(f"  {label} ({days[0]}..{end}): {part.seconds:.1f} s ({part.lines:,} lines)", flush=True)
+
+    # One day of about median size, after a warm-up day, on the same service.
+    ranked = sorted(days, key=lambda d: (per_day[d], d))
+    day, warm_up = ranked[len(ranked) // 2], ranked[len(ranked) // 2 + 1]
+
+    def per_day_run(url: str, lake: Path) -> JobRun:
+        run_job(args.source, url, lake, start=warm_up, end=warm_up)
+        return run_job(args.source, url, lake, start=day, end=day)
+
+    single, _ = with_service(per_day_run)
+    figures.update(
+        day=day.isoformat(),
+        day_lines=single.lines,
+        day_stage_s=single.stage_seconds,
+        day_wall_s=single.seconds,
+        day_stages=single.report["seconds"],
+    )
+    print(
+        f"  one day ({day}, {single.lines:,} lines): stages {single.stage_seconds:.2f} s, "
+        f"process wall {single.seconds:.2f} s",
+        flush=True,
+    )
+    return figures
 
 
 def main() -> None:
@@ -101,39 +285,90 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for the service")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the service")
+    parser.add_argument("--repeat", type=int, default=3, help="passes; figures are their medians")
     args = parser.parse_args()
 
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"PostgreSQL on 127.0.0.1:5432"
     )
-    print(f"source: {args.source}")
-    with temporary_database("retail_bench") as database_url, tempfile.TemporaryDirectory() as tmp:
-        lake = Path(tmp) / "lake"
-        with (
-            live_service(database_url, api_key="bench-key", workers=args.workers) as service,
-            PeakRss(service.process.pid) as service_rss,
-        ):
-            first_s, first_rss, first = run_job(args.source, service.url, service.api_key, lake)
-            second_s, second_rss, second = run_job(args.source, service.url, service.api_key, lake)
-        print()
-        print(f"{'stage':<12} {'first run s':>12} {'rerun s':>10}")
-        for stage, seconds in first["seconds"].items():
-            print(f"{stage:<12} {seconds:>12.2f} {second['seconds'].get(stage, 0.0):>10.2f}")
-        print()
-        lines = first["counts"]["lines"]
-        print(
-            f"lines: {lines:,} (rejects {first['counts']['rejects']:,}), "
-            f"invoices created {first['counts']['invoices_created']:,}, "
-            f"rerun created {second['counts']['invoices_created']:,}"
+    print(f"source: {args.source}; service: uvicorn, {args.workers} worker(s); repeats: {args.repeat}")
+    days, per_day = invoice_days(args.source)
+    passes = []
+    for index in range(args.repeat):
+        print(f"pass {index + 1}/{args.repeat}", flush=True)
+        passes.append(one_repeat(args, days, per_day))
+
+    def med(key: str) -> float:
+        return float(statistics.median(p[key] for p in passes))
+
+    print()
+    print(f"{'stage':<12} {'first run s':>12} {'rerun s':>10}   (medians)")
+    for stage in passes[0]["stages_first"]:
+        first = statistics.median(p["stages_first"][stage] for p in passes)
+        rerun = statistics.median(p["stages_rerun"].get(stage, 0.0) for p in passes)
+        print(f"{stage:<12} {first:>12.2f} {rerun:>10.2f}")
+    print()
+    floor, full, rerun = med("floor_s"), med("full_s"), med("rerun_s")
+    lines = passes[0]["full_lines"]
+    ratio = full / floor
+    per_100k = {
+        label: med(f"{label}_s") / passes[0][f"{label}_lines"] * 100_000
+        for label in ("quarter", "half", "full")
+    }
+    spread = max(per_100k.values()) / min(per_100k.values()) - 1
+    checks = [
+        ("floor (COPY in, COPY out, Parquet)", f"{floor:.2f} s", ""),
+        ("job, first run", f"{full:.1f} s, {lines / full:,.0f} lines/s", ""),
+        ("job ÷ floor", f"{ratio:.1f}", f"≤ 4: {'holds' if ratio <= 4 else 'MISSED'}"),
+        (
+            "job peak RSS",
+            f"{med('full_rss') / 2**20:,.0f} MiB",
+            f"≤ 1.5 GB: {'holds' if med('full_rss') <= 1.5e9 else 'MISSED'}",
+        ),
+        (
+            f"service peak RSS ({args.workers} worker(s))",
+            f"{med('service_rss') / 2**20:,.0f} MiB",
+            f"≤ 600 MB: {'holds' if med('service_rss') <= 600e6 else 'MISSED'}",
+        ),
+        (
+            "rerun (everything stored)",
+            f"{rerun:.1f} s ({rerun / full:.0%} of first)",
+            f"≤ 50 %: {'holds' if rerun <= full / 2 else 'MISSED'}",
+        ),
+    ]
+    for label in ("quarter", "half", "full"):
+        checks.append(
+            (
+                f"s per 100,000 lines, {label} ({passes[0][f'{label}_lines']:,} lines)",
+                f"{per_100k[label]:.2f}",
+                "",
+            )
         )
-        print(
-            f"job, first run: {first_s:.1f} s wall, {lines / first_s:,.0f} lines/s, "
-            f"peak RSS {first_rss / 2**20:,.0f} MiB"
+    checks.append(
+        (
+            "scaling spread (max/min - 1)",
+            f"{spread:.0%}",
+            f"≤ 25 %: {'holds' if spread <= 0.25 else 'MISSED'}",
         )
-        print(f"job, rerun:     {second_s:.1f} s wall, peak RSS {second_rss / 2**20:,.0f} MiB")
-        print(f"service ({args.workers} worker(s)): peak RSS {service_rss.peak / 2**20:,.0f} MiB")
+    )
+    day_stage = med("day_stage_s")
+    checks.append(
+        (
+            f"one day ({passes[0]['day']}, {passes[0]['day_lines']:,} lines), warm service",
+            f"{day_stage:.2f} s stages (process wall {med('day_wall_s'):.2f} s)",
+            f"< 1 s: {'holds' if day_stage < 1 else 'MISSED'}",
+        )
+    )
+    print(f"medians of {args.repeat} pass(es):")
+    print("| figure | value | target |")
+    print("| --- | --- | --- |")
+    for figure, value, target in checks:
+        print(f"| {figure} | {value} | {target} |")
+    day_stages = passes[0]["day_stages"]
+    print("one day, stage seconds (pass 1): " + ", ".join(f"{k} {v:.2f}" for k, v in day_stages.items()))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -339,14 +340,18 @@ class RetailClient:
         request_id = str(uuid.uuid4())
         started = time.monotonic()
         attempts = 0
+        headers = {"X-Request-ID": request_id}
+        # Encoded once, with orjson (several times faster than json for the bulk bodies), and resent as
+        # the same bytes by every retry.
+        content = None if json is None else orjson.dumps(json)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
 
         async def attempt() -> httpx.Response:
             nonlocal attempts
             attempts += 1
             sent = time.monotonic()
-            response = await self._http.request(
-                method, path, json=json, params=params, headers={"X-Request-ID": request_id}
-            )
+            response = await self._http.request(method, path, content=content, params=params, headers=headers)
             log.debug(
                 "%s %s request_id=%s attempt=%d -> %d in %.3fs",
                 method,
@@ -398,8 +403,8 @@ class RetailClient:
         if response.is_error:
             raise _refusal(method, path, response)
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = orjson.loads(response.content)
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
             raise ServiceError(f"{method} {path} answered {response.status_code} without JSON") from exc
         if not isinstance(body, dict):
             raise ServiceError(f"{method} {path} answered a JSON {type(body).__name__}, not an object")

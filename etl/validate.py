@@ -270,12 +270,18 @@ def _unit_price(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason
 def _invoice_date(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(timestamp[s], date32, parsed?) from ISO or Kaggle text, checking the calendar exactly."""
     iso = pc.extract_regex(value, _ISO_DATE)
-    kaggle = pc.extract_regex(value, _KAGGLE_DATE)
-    matched = pc.or_(pc.is_valid(iso), pc.is_valid(kaggle))
+    # When every row is ISO (the CSV export) the Kaggle pattern would be picked for no row: skip that
+    # second regex over every row.
+    kaggle = None if iso.null_count == 0 else pc.extract_regex(value, _KAGGLE_DATE)
+    matched = pc.is_valid(iso) if kaggle is None else pc.or_(pc.is_valid(iso), pc.is_valid(kaggle))
     numbers: dict[str, npt.NDArray[np.int64]] = {}
     for part in _DATE_PARTS:
         # StructArray.field ignores the struct's own nulls, so pick the pattern that matched.
-        field = pc.if_else(pc.is_valid(iso), iso.field(part), kaggle.field(part))
+        field = (
+            iso.field(part)
+            if kaggle is None
+            else pc.if_else(pc.is_valid(iso), iso.field(part), kaggle.field(part))
+        )
         # A missing seconds group (or a row that matched neither pattern) reads as 0 here; the
         # `matched` mask decides validity.
         field = pc.if_else(pc.equal(field, ""), "0", field)

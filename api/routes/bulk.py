@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api import crud, schemas
 from api.deps import REQUIRE_API_KEY, SessionDep
@@ -45,9 +45,11 @@ def read_invoices(
     end: EndQuery = None,
     limit: LimitQuery = 1000,
     cursor: CursorQuery = None,
-) -> schemas.InvoicePage:
+) -> Response:
     """Invoices of the days [start, end] with their lines, ordered by (invoice_day, invoice_no)."""
-    return crud.read_invoices_page(session, start=start, end=end, limit=limit, cursor=cursor)
+    # Already JSON in the shape of `InvoicePage` (the response_model, which documents it).
+    page = crud.read_invoices_page(session, start=start, end=end, limit=limit, cursor=cursor)
+    return Response(content=page, media_type="application/json")
 
 
 @router.get("/customers", response_model=schemas.CustomerPage)
