@@ -18,6 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.errors import ConflictError, InvalidInputError, NotFoundError
+from api.events import relay
+from api.observability.logging import configure_logging
+from api.observability.metrics import Metrics, metrics_endpoint
+from api.observability.middleware import ObservabilityMiddleware
+from api.observability.ratelimit import make_limiter
 from api.routes import bulk, customers, health, invoices, stockcodes
 
 logger = logging.getLogger(__name__)
@@ -81,7 +86,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.MIGRATE_ON_START:
         await run_in_threadpool(migrate, app.state.engine, wait_seconds=settings.DB_WAIT_SECONDS)
-    yield
+    # The outbox relay thread, when RABBITMQ_URL is set (and RELAY_IN_SERVICE); stopped before the pool.
+    app.state.relay = relay.start_in_service(settings, app.state.sessions)
+    try:
+        yield
+    finally:
+        if app.state.relay is not None:
+            await run_in_threadpool(app.state.relay.stop)
     app.state.engine.dispose()
 
 
@@ -185,10 +196,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.DATABASE_URL)
     app.state.sessions = make_session_factory(app.state.engine)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    _add_observability(app, settings)
     _add_exception_handlers(app)
     for router in (health.router, customers.router, invoices.router, stockcodes.router, bulk.router):
         app.include_router(router)
     return app
+
+
+def _add_observability(app: FastAPI, settings: Settings) -> None:
+    """JSON logs, request ids, rate limits and `/metrics` (see docs/design.md, "Metrics, logs ...")."""
+    configure_logging(log_format=settings.LOG_FORMAT, level=settings.LOG_LEVEL)
+    app.state.metrics = Metrics(app.state.engine, app.state.sessions)
+    # Added last, so it is the outermost: it also counts and logs the 413s of BodySizeLimit.
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=app.state.metrics,
+        limiter=make_limiter(settings.RATE_LIMIT, settings.REDIS_URL, prefix=settings.REDIS_KEY_PREFIX),
+        api_key=settings.API_KEY,
+        routes=app.router.routes,
+    )
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
 
 app = create_app()

@@ -6,7 +6,19 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Dialect, ForeignKey, Index, MetaData, Numeric, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
@@ -115,3 +127,33 @@ class InvoiceLine(Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     unit_price: Mapped[Decimal] = mapped_column(Money)
     invoice_date: Mapped[dt.datetime]
+
+
+class OutboxEvent(Base):
+    """A domain event written in the transaction of the change; the relay publishes it to RabbitMQ."""
+
+    __tablename__ = "outbox_events"
+
+    #: Publication order. BIGINT on PostgreSQL; on SQLite an INTEGER primary key is the rowid.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(36))
+    event_type: Mapped[str] = mapped_column(String(64))
+    #: The whole event (envelope and data) as JSON text: published byte for byte.
+    payload: Mapped[str] = mapped_column(Text)
+    #: Naive UTC, like `published_at`.
+    created_at: Mapped[dt.datetime]
+    published_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        # The relay's queue: only the unpublished rows, in order.
+        Index(
+            "ix_outbox_events_unpublished",
+            "seq",
+            postgresql_where=text("published_at IS NULL"),
+            sqlite_where=text("published_at IS NULL"),
+        ),
+        # Retention deletes published rows by age.
+        Index("ix_outbox_events_published_at", "published_at"),
+    )

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     NaiveDatetime,
     PlainSerializer,
+    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
@@ -282,6 +283,27 @@ class BulkInvoicesResult(BaseModel):
     created: int
     unchanged: int
     lines_created: int
+    # Not part of the answer: the invoice numbers behind the counts, for the request's log line.
+    _created_nos: list[str] = PrivateAttr(default_factory=list)
+    _unchanged_nos: list[str] = PrivateAttr(default_factory=list)
+
+
+#: A content hash: lowercase hex sha256 of an invoice's canonical form (docs/design.md, "Content hash").
+ContentHash = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+
+
+class InvoiceHashes(BaseModel):
+    """Invoice numbers with the content hash the client computed for each."""
+
+    invoices: dict[InvoiceNo, ContentHash] = Field(max_length=MAX_BULK_LINES)
+
+
+class InvoiceHashComparison(BaseModel):
+    """How the stored invoices compare with the hashes sent: each number sent is in one list, sorted."""
+
+    unchanged: list[str]
+    different: list[str]
+    missing: list[str]
 
 
 class InvoicePage(BaseModel):

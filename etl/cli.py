@@ -101,6 +101,12 @@ def run_command(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Load and validate only; post nothing.")] = False,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            help="Prometheus Pushgateway URL that receives the run's metrics. Env RETAIL_PUSHGATEWAY_URL."
+        ),
+    ] = None,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
     from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
@@ -129,6 +135,7 @@ def run_command(
         cache_dir=settings.cache_dir,
         retry_budget_seconds=settings.retry_budget_seconds,
         request_timeout_seconds=settings.request_timeout_seconds,
+        pushgateway_url=pushgateway or settings.pushgateway_url,
     )
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)

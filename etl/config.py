@@ -29,3 +29,5 @@ class JobSettings(BaseSettings):
     #: Total seconds a single request may spend retrying before the run gives up.
     retry_budget_seconds: float = Field(default=300.0, gt=0)
     request_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: A Prometheus Pushgateway (`http://host:9091`) that receives each run's metrics; unset: no push.
+    pushgateway_url: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,50 @@ class Settings(BaseSettings):
     MIGRATE_ON_START: bool = True
     #: How long start-up waits for the database to answer before giving up.
     DB_WAIT_SECONDS: float = Field(default=30.0, ge=0)
+    # --- events (api/events): the outbox always fills; the relay publishes it when RABBITMQ_URL is set.
+    #: AMQP URL of the broker, e.g. `amqp://guest:guest@127.0.0.1:5672/`; unset: events wait in the outbox.
+    RABBITMQ_URL: str | None = None
+    #: The durable topic exchange events go to; the routing key is the event type.
+    RABBITMQ_EXCHANGE: str = Field(default="retail", min_length=1)
+    #: Run the relay as a thread of the service when RABBITMQ_URL is set (off: `python -m api.events.relay`).
+    RELAY_IN_SERVICE: bool = True
+    #: Events the relay claims and publishes per transaction.
+    OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=10_000)
+    #: How often an idle relay looks for new events.
+    OUTBOX_POLL_SECONDS: float = Field(default=0.5, gt=0)
+    #: Longest wait between two attempts to reach an unreachable broker (the wait doubles up to it).
+    RELAY_BACKOFF_MAX_SECONDS: float = Field(default=30.0, gt=0)
+    #: Published events older than this many days are deleted by the relay; 0 keeps them forever.
+    OUTBOX_RETENTION_DAYS: float = Field(default=7.0, ge=0)
+    # --- metrics, logs and rate limits (api/observability).
+    #: `json` (one object per line) or `text`; unset: json when stderr is not a terminal, text on one.
+    LOG_FORMAT: Literal["json", "text"] | None = None
+    #: Level of the service's log (DEBUG, INFO, WARNING, ERROR).
+    LOG_LEVEL: str = "INFO"
+    #: Requests per API key, e.g. `50/second`, `600/minute`, `100/10seconds`; unset or empty: no limit.
+    RATE_LIMIT: str | None = None
+    #: Redis for the rate-limit counters, shared by every worker and instance (`redis://127.0.0.1:6379/0`);
+    #: unset: each process counts on its own. Unreachable: requests go through (fail open) with a warning.
+    REDIS_URL: str | None = None
+    #: Prefix of the service's keys in Redis.
+    REDIS_KEY_PREFIX: str = Field(default="retail:ratelimit", min_length=1)
+
+    @field_validator("RATE_LIMIT")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            from api.observability.ratelimit import Rate
+
+            Rate.parse(value)  # ValueError names the expected form
+            return value.strip()
+        return None
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level_exists(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
 
     @model_validator(mode="after")
     def _refuse_default_key_in_production(self) -> Settings:

@@ -20,7 +20,7 @@ from tests.api.helpers import AUTH, invoice, line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = [sys.executable, "-m", "alembic", "-c", "api/alembic.ini"]
-TABLES = {"alembic_version", "customers", "invoices", "invoice_lines"}
+TABLES = {"alembic_version", "customers", "invoices", "invoice_lines", "outbox_events"}
 
 
 def head_revision() -> str:

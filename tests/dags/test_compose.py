@@ -18,6 +18,8 @@ import yaml
 
 from tests.dags.conftest import REPO
 
+#: Issue 7's services; tests/dags/test_monitoring.py checks their wiring.
+MONITORING_AND_EVENTS = {"rabbitmq", "redis", "outbox-relay", "pushgateway", "prometheus", "grafana"}
 AIRFLOW_SERVICES = {
     "airflow-init",
     "airflow-apiserver",
@@ -60,7 +62,7 @@ def test_the_compose_file_validates() -> None:
 
 def test_the_stack_has_postgres_the_service_and_airflow_3(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "api", *AIRFLOW_SERVICES}
+    assert set(services) == {"postgres", "api", *AIRFLOW_SERVICES, *MONITORING_AND_EVENTS}
     assert {name: services[name].get("command") for name in AIRFLOW_SERVICES - {"airflow-init"}} == {
         "airflow-apiserver": "api-server",
         "airflow-scheduler": "scheduler",

@@ -196,3 +196,36 @@ def test_a_manual_run_without_logical_date_or_params_fails_at_once_saying_why(
     assert tis["load_and_validate"].try_number == 1, "a run that cannot know its day is not retried"
     assert {tis[t].state for t in ("post", "read_back_and_reconcile", "write_lake")} == {"upstream_failed"}
     assert "RunDaysError: this run has no logical date and no params" in output.out + output.err
+
+
+def test_with_a_pushgateway_the_dag_pushes_its_run_metrics(
+    fresh_dag, retail_api_connection: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.pushgateway import running_pushgateway
+
+    with running_pushgateway() as gateway:
+        monkeypatch.setenv("RETAIL_PUSHGATEWAY_URL", gateway.url)
+        run = fresh_dag.test(
+            logical_date=dt.datetime.fromisoformat(DAY).replace(tzinfo=dt.UTC),
+            run_conf={"source": str(SAMPLE), "lake": str(tmp_path / "lake")},
+        )
+        assert run.state == "success"
+        samples = gateway.samples()
+
+    lines, _, _ = source_day(DAY)
+    rows = {dict(labels)["stage"]: v for (name, labels), v in samples.items() if name == "retail_job_rows"}
+    assert rows == {
+        "source": 8326,
+        "valid": lines,
+        "rejected": 0,
+        "posted": lines,
+        "created": lines,
+        "unchanged": 0,
+        "read_back": lines,
+        "written": lines,
+    }
+    stages = {dict(labels)["stage"] for (name, labels) in samples if name == "retail_job_stage_seconds"}
+    assert stages == {"load and validate", "post", "read back and reconcile", "write lake"}
+    status = {dict(labels)["status"]: v for (name, labels), v in samples.items() if name.endswith("_status")}
+    assert status == {"reconciled": 1.0, "failed": 0.0}
+    assert any(name == "retail_job_last_success_timestamp_seconds" for name, _ in samples)
