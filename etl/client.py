@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
+import pyarrow as pa
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -45,6 +46,11 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 # These are `TransportError`s too, but they mean the request itself is malformed or the URL has no
 # usable scheme: sending it again cannot succeed, so they fail at once like a 4xx.
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+#: Read-back pages as Arrow IPC (typed, columnar), JSON from a service that has no Arrow (docs/design.md).
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+ACCEPT_ARROW_OR_JSON = f"{ARROW_STREAM}, application/json;q=0.5"
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 #: The service's limits on one bulk request (docs/design.md).
 MAX_CUSTOMERS_PER_REQUEST = 10_000
@@ -279,6 +285,10 @@ class RetailClient:
         """POST /bulk/invoices → `{"created", "unchanged", "lines_created"}`; 409 raises `ServiceError`."""
         return await self._request("POST", "/bulk/invoices", json={"invoices": invoices})
 
+    async def compare_invoices(self, hashes: dict[str, str]) -> dict[str, Any]:
+        """POST /bulk/invoices/compare → `{"unchanged", "different", "missing"}` invoice numbers."""
+        return await self._request("POST", "/bulk/invoices/compare", json={"invoices": hashes})
+
     async def get_invoice_page(
         self, start: dt.date, end: dt.date, cursor: str | None, limit: int = 1000
     ) -> dict[str, Any]:
@@ -290,6 +300,44 @@ class RetailClient:
     ) -> dict[str, Any]:
         """GET /customers with an invoice in `[start, end]` → `{"items": [Customer], "next_cursor"}`."""
         return await self._request("GET", "/customers", params=_page_params(start, end, cursor, limit))
+
+    async def get_invoice_page_arrow(
+        self, start: dt.date, end: dt.date, cursor: str | None, limit: int = 1000
+    ) -> tuple[pa.Table | list[dict[str, Any]], str | None]:
+        """GET /invoices asking for the Arrow stream (JSON accepted too): the page's invoices, as an
+        Arrow table of invoices with nested lines or, from a service that answers JSON, as `Invoice`
+        objects; and the next cursor."""
+        path = "/invoices"
+        response = await self._send(
+            "GET", path, params=_page_params(start, end, cursor, limit), accept=ACCEPT_ARROW_OR_JSON
+        )
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if media_type == ARROW_STREAM:
+            try:
+                table = pa.ipc.open_stream(response.content).read_all()
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ServiceError(f"GET {path} answered an unreadable Arrow stream: {exc}") from exc
+            return table, response.headers.get(NEXT_CURSOR_HEADER)
+        try:
+            page = orjson.loads(response.content)
+            return list(page["items"]), page.get("next_cursor")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServiceError(f"GET {path} answered a page of {start}..{end} without 'items'") from exc
+
+    async def iter_invoice_tables(
+        self, start: dt.date, end: dt.date, limit: int = 1000
+    ) -> AsyncIterator[pa.Table | list[dict[str, Any]]]:
+        """Every page of invoices of `[start, end]` as `get_invoice_page_arrow` gives them."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            page, cursor = await self.get_invoice_page_arrow(start, end, cursor, limit)
+            yield page
+            if cursor is None:
+                return
+            if cursor in seen:
+                raise ServiceError(f"the service repeated cursor {cursor!r} while paging {start}..{end}")
+            seen.add(cursor)
 
     def iter_invoice_pages(
         self, start: dt.date, end: dt.date, limit: int = 1000
@@ -336,11 +384,35 @@ class RetailClient:
         json: Any = None,
         params: Mapping[str, str | int] | None = None,
     ) -> dict[str, Any]:
+        response = await self._send(method, path, json=json, params=params)
+        try:
+            body = orjson.loads(response.content)
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            raise ServiceError(f"{method} {path} answered {response.status_code} without JSON") from exc
+        if not isinstance(body, dict):
+            raise ServiceError(f"{method} {path} answered a JSON {type(body).__name__}, not an object")
+        return body
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """Send one request, retrying as the policy says; the final answer, raised as `ServiceError`
+        when it is an error."""
         # One id per logical request, kept across its retries, so the service's log shows a replay as one.
         request_id = str(uuid.uuid4())
+        if path == "/bulk/invoices":
+            _log_invoice_request(request_id, json)
         started = time.monotonic()
         attempts = 0
         headers = {"X-Request-ID": request_id}
+        if accept is not None:
+            headers["Accept"] = accept
         # Encoded once, with orjson (several times faster than json for the bulk bodies), and resent as
         # the same bytes by every retry.
         content = None if json is None else orjson.dumps(json)
@@ -402,13 +474,7 @@ class RetailClient:
 
         if response.is_error:
             raise _refusal(method, path, response)
-        try:
-            body = orjson.loads(response.content)
-        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
-            raise ServiceError(f"{method} {path} answered {response.status_code} without JSON") from exc
-        if not isinstance(body, dict):
-            raise ServiceError(f"{method} {path} answered a JSON {type(body).__name__}, not an object")
-        return body
+        return response
 
     def _wait(self, state: RetryCallState) -> float:
         """max(Retry-After, exponential backoff with jitter), within [min_wait, max_wait]."""
@@ -424,6 +490,19 @@ class RetailClient:
         )
         wait = backoff if retry_after is None else max(retry_after, backoff)
         return max(policy.min_wait, min(policy.max_wait, wait))
+
+
+def _log_invoice_request(request_id: str, body: Any) -> None:
+    """One INFO line per bulk invoices request naming its invoices, so that an invoice can be followed by
+    the request id into the service's log (which logs the id with the invoices it created or found
+    unchanged)."""
+    invoices = body.get("invoices", []) if isinstance(body, dict) else []
+    log.info(
+        "POST /bulk/invoices request_id=%s: %d invoice(s)",
+        request_id,
+        len(invoices),
+        extra={"request_id": request_id, "invoice_nos": [invoice.get("invoice_no") for invoice in invoices]},
+    )
 
 
 def _page_params(start: dt.date, end: dt.date, cursor: str | None, limit: int) -> dict[str, str | int]:

@@ -15,11 +15,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import wraps
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -27,7 +29,9 @@ import pyarrow.parquet as pq
 
 from etl import lake as lake_stage
 from etl.client import RetailClient, RetryPolicy
+from etl.config import JobSettings
 from etl.load import load_source
+from etl.metrics import push_run_metrics, run_metrics
 from etl.post import PostReport, post_lines
 from etl.readback import read_back
 from etl.reconcile import ReconcileReport, reconcile
@@ -56,6 +60,8 @@ class RunConfig:
     retry_budget_seconds: float = 300.0
     request_timeout_seconds: float = 60.0
     storage_options: Mapping[str, Any] | None = None
+    #: Push the run's metrics here (`http://host:9091`) when it ends, reconciled or failed; None: no push.
+    pushgateway_url: str | None = None
 
 
 class RunObserver(Protocol):
@@ -102,10 +108,26 @@ class RunReport:
     customer_conflicts: list[str] = field(default_factory=list)
     reconciliation: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
+    started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    #: Rows per stage, seconds per stage, retries by cause, duration, outcome: see `etl.metrics`.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values."""
         return asdict(self)
+
+    def update_metrics(self) -> dict[str, Any]:
+        """Fill `metrics` from the run so far (what is saved and pushed at the end of a run)."""
+        now = dt.datetime.now(dt.UTC)
+        self.metrics = run_metrics(
+            self.counts,
+            self.seconds,
+            self.retries,
+            status=self.status,
+            duration_seconds=(now - dt.datetime.fromisoformat(self.started_at)).total_seconds(),
+            finished_timestamp_seconds=now.timestamp(),
+        )
+        return self.metrics
 
 
 class _Stages:
@@ -153,8 +175,8 @@ def _client(config: RunConfig) -> RetailClient:
 
 def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
     """Run the whole job once. Returns the report when everything reconciled; raises an `EtlError`
-    (after saving the failed report when the lake is reachable) otherwise."""
-    observer = observer or LogObserver()
+    (after saving the failed report when the lake is reachable) otherwise. With `pushgateway_url`, the
+    run's metrics are pushed at the end whatever the outcome (not for a dry run)."""
     report = RunReport(
         run_id=_new_run_id(),
         source=config.source,
@@ -164,8 +186,20 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
         end=_iso(config.days.end),
         dry_run=config.dry_run,
     )
-    stages = _Stages(report, observer)
+    try:
+        return _run(config, report, _Stages(report, observer or LogObserver()))
+    except BaseException:
+        report.status = "failed"
+        raise
+    finally:
+        if config.pushgateway_url and not config.dry_run:
+            if report.metrics.get("status") != report.status:  # failed before the report was saved
+                report.update_metrics()
+            push_run_metrics(config.pushgateway_url, report.metrics)
 
+
+def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
+    """The stages of `run`, filling `report`."""
     with stages.stage("load") as counts:
         raw = load_source(config.source, cache_dir=config.cache_dir)
         report.shape = raw.shape
@@ -201,6 +235,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
             report.reconciliation["lake"] = lake_check.to_dict()
             lake_check.raise_for_differences()
             counts["partitions_written"] = written.partitions_written
+            counts["lines_written"] = written.rows.get("invoice_lines", 0)
     except Exception:
         report.status = "failed"
         _save_report(config, report)
@@ -214,22 +249,25 @@ async def _post_and_read_back(
     config: RunConfig, lines: pa.Table, days: Sequence[dt.date], stages: _Stages
 ) -> ServiceSnapshot:
     async with _client(config) as client:
-        with stages.stage("post", total=lines.num_rows) as counts:
-            posted = await post_lines(
-                lines,
-                client,
-                concurrency=config.concurrency,
-                max_lines_per_request=config.lines_per_request,
-                on_progress=lambda n: stages.observer.advanced("post", n),
-            )
-            counts.update(_post_counts(posted))
-            stages.report.customer_conflicts = list(posted.customer_conflicts)
-        with stages.stage("read back") as counts:
-            snapshot = await read_back(
-                client, days, concurrency=config.concurrency, page_size=config.page_size
-            )
-            counts["lines_read_back"] = snapshot.lines.num_rows
-        stages.report.retries = dict(client.retry_stats.by_cause)
+        try:
+            with stages.stage("post", total=lines.num_rows) as counts:
+                posted = await post_lines(
+                    lines,
+                    client,
+                    concurrency=config.concurrency,
+                    max_lines_per_request=config.lines_per_request,
+                    on_progress=lambda n: stages.observer.advanced("post", n),
+                )
+                counts.update(_post_counts(posted))
+                stages.report.customer_conflicts = list(posted.customer_conflicts)
+            with stages.stage("read back") as counts:
+                snapshot = await read_back(
+                    client, days, concurrency=config.concurrency, page_size=config.page_size
+                )
+                counts["lines_read_back"] = snapshot.lines.num_rows
+        finally:
+            # Also when a stage failed: the retries are what explain a failure.
+            stages.report.retries = dict(client.retry_stats.by_cause)
     return snapshot
 
 
@@ -239,6 +277,7 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
         "customers_existing": posted.customers_existing,
         "invoices_created": posted.invoices_created,
         "invoices_unchanged": posted.invoices_unchanged,
+        "invoices_skipped": posted.invoices_skipped,
         "lines_created": posted.lines_created,
         "requests": posted.requests,
     }
@@ -252,6 +291,7 @@ def _reconcile_lake(config: RunConfig, source_lines: pa.Table, days: Sequence[dt
 
 
 def _save_report(config: RunConfig, report: RunReport) -> None:
+    report.update_metrics()
     try:
         lake_stage.write_run_report(
             config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options
@@ -295,6 +335,61 @@ class WorkFolder:
         return f"{self.lake.rstrip('/')}/_work/{self.key}/{name}"
 
 
+P = ParamSpec("P")
+
+
+def _push_dag_metrics(meta: Mapping[str, Any], status: str) -> None:
+    """Push the DAG run's metrics so far when `RETAIL_PUSHGATEWAY_URL` is set (never fails the task)."""
+    url = JobSettings().pushgateway_url
+    if not url:
+        return
+    seconds: dict[str, float] = dict(meta.get("seconds") or {})
+    metrics = run_metrics(
+        meta,
+        seconds,
+        dict(meta.get("retries") or {}),
+        status=status,
+        # The tasks' own time: the wait between tasks is the scheduler's, not the job's.
+        duration_seconds=sum(seconds.values()),
+        finished_timestamp_seconds=time.time(),
+    )
+    push_run_metrics(url, metrics)
+
+
+def _dag_task(
+    stage: str, *, last: bool = False
+) -> Callable[[Callable[P, dict[str, Any]]], Callable[P, dict[str, Any]]]:
+    """Time a DAG task into its result's `seconds[stage]`; push a failed run's metrics when the task
+    raises, and the reconciled run's after the `last` task."""
+
+    def decorate(task: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
+        @wraps(task)
+        def timed(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+            before: Mapping[str, Any] = next((a for a in args if isinstance(a, Mapping)), {})
+            started = time.perf_counter()
+            try:
+                result = task(*args, **kwargs)
+            except BaseException:
+                _push_dag_metrics(before, "failed")
+                raise
+            seconds = {**(before.get("seconds") or {}), stage: round(time.perf_counter() - started, 3)}
+            result = {**result, "seconds": seconds}
+            if last:
+                _push_dag_metrics(result, "reconciled")
+            return result
+
+        return timed
+
+    return decorate
+
+
+def _with_retries(meta: Mapping[str, Any], retries: Mapping[str, int]) -> dict[str, int]:
+    total = Counter(dict(meta.get("retries") or {}))
+    total.update(retries)
+    return dict(sorted(total.items()))
+
+
+@_dag_task("load and validate")
 def task_load_and_validate(source: str, lake: str, start: str | None, end: str | None) -> dict[str, Any]:
     """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder."""
     days = DayRange(_parse_day(start), _parse_day(end))
@@ -322,6 +417,7 @@ def task_load_and_validate(source: str, lake: str, start: str | None, end: str |
     return meta
 
 
+@_dag_task("post")
 def task_post(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
     """Post the saved lines of the run to the service; idempotent, so a retried task is safe."""
     work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
@@ -332,9 +428,11 @@ def task_post(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, 
         async with _client(config) as client:
             return await post_lines(lines, client, max_lines_per_request=config.lines_per_request)
 
-    return {**dict(meta), **_post_counts(asyncio.run(_post()))}
+    posted = asyncio.run(_post())
+    return {**dict(meta), **_post_counts(posted), "retries": _with_retries(meta, posted.retries.by_cause)}
 
 
+@_dag_task("read back and reconcile")
 def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
     """Read the run's days back from the service and reconcile them with the saved source lines;
     raises `ReconciliationError` on any difference."""
@@ -344,17 +442,26 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
 
     async def _read() -> ServiceSnapshot:
         async with _client(config) as client:
-            return await read_back(client, days)
+            try:
+                return await read_back(client, days)
+            finally:
+                retries.update(client.retry_stats.by_cause)
 
+    retries: dict[str, int] = {}
     snapshot = asyncio.run(_read())
     source_lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
     reconcile(source_lines, snapshot.lines, label="service").raise_for_differences()
     fs, _ = lake_stage.filesystem(work.lake)
     pq.write_table(snapshot.lines, work.path("service_lines.parquet"), filesystem=fs)
     pq.write_table(snapshot.customers, work.path("service_customers.parquet"), filesystem=fs)
-    return {**dict(meta), "lines_read_back": snapshot.lines.num_rows}
+    return {
+        **dict(meta),
+        "lines_read_back": snapshot.lines.num_rows,
+        "retries": _with_retries(meta, retries),
+    }
 
 
+@_dag_task("write lake", last=True)
 def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Write the reconciled read-back into the lake, check the lake against the source, and clear the
     work folder."""
@@ -374,7 +481,11 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
     check.raise_for_differences()
     fs, _ = lake_stage.filesystem(work.lake)
     fs.rm(work.path(""), recursive=True)
-    return {**dict(meta), "partitions_written": written.partitions_written}
+    return {
+        **dict(meta),
+        "partitions_written": written.partitions_written,
+        "lines_written": written.rows.get("invoice_lines", 0),
+    }
 
 
 def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table:

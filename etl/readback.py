@@ -67,10 +67,46 @@ def day_spans(days: Sequence[dt.date], max_days: int = MAX_DAYS_PER_SPAN) -> lis
 
 async def _read_lines(client: RetailClient, start: dt.date, end: dt.date, page_size: int) -> pa.Table:
     columns = _LineColumns()
-    async for page in client.iter_invoice_pages(start, end, limit=page_size):
-        for invoice in page:
-            columns.add_invoice(invoice, start, end)
-    return columns.to_table()
+    tables: list[pa.Table] = []
+    async for page in client.iter_invoice_tables(start, end, limit=page_size):
+        if isinstance(page, pa.Table):
+            tables.append(arrow_page_lines(page, start, end))
+        else:
+            for invoice in page:
+                columns.add_invoice(invoice, start, end)
+    return pa.concat_tables([columns.to_table(), *tables])
+
+
+def arrow_page_lines(page: pa.Table, start: dt.date, end: dt.date) -> pa.Table:
+    """The lines of an Arrow invoice page (invoices with a `lines` list column) as a LINE_SCHEMA table:
+    each line with its invoice's number, customer, country and day, with the job's exact types."""
+    try:
+        lines = page.column("lines").combine_chunks()
+        flat = pc.list_flatten(lines)
+        parents = pc.list_parent_indices(lines)
+        day = pc.take(page.column("invoice_day"), parents)
+        if len(day) and (pc.min(day).as_py() < start or pc.max(day).as_py() > end):
+            outside = pc.filter(day, pc.or_(pc.less(day, start), pc.greater(day, end)))[0]
+            raise ServiceError(f"the service returned an invoice of {outside} when asked for {start}..{end}")
+        arrays = {
+            "invoice_no": pc.take(page.column("invoice_no"), parents),
+            "line_no": flat.field("line_no"),
+            "stock_code": flat.field("stock_code"),
+            "description": flat.field("description"),
+            "quantity": flat.field("quantity"),
+            "unit_price": flat.field("unit_price"),
+            # A safe cast: a real fraction of a second fails instead of being truncated.
+            "invoice_date": flat.field("invoice_date"),
+            "customer_id": pc.take(page.column("customer_id"), parents),
+            "country": pc.take(page.column("country"), parents),
+            "invoice_day": day,
+        }
+        table = pa.Table.from_pydict(arrays)
+        return table.cast(LINE_SCHEMA)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ServiceError(
+            f"the service returned an Arrow page that does not fit LINE_SCHEMA: {exc}"
+        ) from exc
 
 
 async def _read_customers(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from api import crud, schemas
+from api import arrow_pages, crud, schemas
+from api.core.fastjson import OrjsonRoute
 from api.deps import REQUIRE_API_KEY, SessionDep
 
-router = APIRouter(tags=["bulk"], dependencies=REQUIRE_API_KEY)
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["bulk"], dependencies=REQUIRE_API_KEY, route_class=OrjsonRoute)
 
 StartQuery = Annotated[dt.date | None, Query(description="First invoice day, inclusive")]
 EndQuery = Annotated[dt.date | None, Query(description="Last invoice day, inclusive")]
@@ -35,18 +39,55 @@ def bulk_create_customers(
 )
 def bulk_create_invoices(session: SessionDep, body: schemas.BulkInvoicesCreate) -> schemas.BulkInvoicesResult:
     """Create many invoices with their lines in one transaction; replaying a batch stores nothing new."""
-    return crud.bulk_create_invoices(session, invoices=body.invoices)
+    result = crud.bulk_create_invoices(session, invoices=body.invoices)
+    # One line per request, with the numbers: an invoice can be followed from the job's log (same
+    # request_id) to what the service did with it.
+    logger.info(
+        "bulk invoices: %d created, %d unchanged, %d lines created",
+        result.created,
+        result.unchanged,
+        result.lines_created,
+        extra={"invoices_created": result._created_nos, "invoices_unchanged": result._unchanged_nos},
+    )
+    return result
 
 
-@router.get("/invoices", response_model=schemas.InvoicePage)
+@router.post("/bulk/invoices/compare", response_model=schemas.InvoiceHashComparison)
+def compare_invoices(session: SessionDep, body: schemas.InvoiceHashes) -> schemas.InvoiceHashComparison:
+    """Compare content hashes with the stored invoices' (docs/design.md, "Content hash"): a rerun posts
+    only the invoices that are not stored unchanged. Reads only; stores nothing."""
+    return crud.compare_invoice_hashes(session, hashes=body.invoices)
+
+
+@router.get(
+    "/invoices",
+    response_model=schemas.InvoicePage,
+    responses={
+        200: {
+            "content": {arrow_pages.ARROW_STREAM: {}},
+            "description": (
+                "The page as JSON (`InvoicePage`), or, when `Accept` names "
+                f"`{arrow_pages.ARROW_STREAM}`, as one Arrow record batch of invoices with their lines "
+                f"and the next page's cursor in the `{arrow_pages.NEXT_CURSOR_HEADER}` header"
+            ),
+        }
+    },
+)
 def read_invoices(
     session: SessionDep,
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = 1000,
     cursor: CursorQuery = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """Invoices of the days [start, end] with their lines, ordered by (invoice_day, invoice_no)."""
+    if arrow_pages.wants_arrow(accept):
+        stream, next_cursor = crud.read_invoices_page_arrow(
+            session, start=start, end=end, limit=limit, cursor=cursor
+        )
+        headers = {arrow_pages.NEXT_CURSOR_HEADER: next_cursor} if next_cursor is not None else None
+        return Response(content=stream, media_type=arrow_pages.ARROW_STREAM, headers=headers)
     # Already JSON in the shape of `InvoicePage` (the response_model, which documents it).
     page = crud.read_invoices_page(session, start=start, end=end, limit=limit, cursor=cursor)
     return Response(content=page, media_type="application/json")

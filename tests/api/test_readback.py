@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
+from api import arrow_pages
 from tests.api.helpers import invoice, line
 
 # (invoice_no, day, customer): three days, several invoices per day, numbers not in day order.
@@ -155,3 +158,96 @@ def test_bad_paging_parameters_are_422(client: TestClient, params: dict[str, Any
         response = client.get(path, params=params)
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def read_all_arrow(client: TestClient, **params: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every invoice through the Arrow representation, following `X-Next-Cursor`."""
+    items: list[dict[str, Any]] = []
+    pages = 0
+    cursor = None
+    while True:
+        response = client.get(
+            "/invoices",
+            params={**params, **({"cursor": cursor} if cursor else {})},
+            headers={"Accept": ARROW},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == ARROW
+        pages += 1
+        table = pa.ipc.open_stream(response.content).read_all()
+        assert table.schema == arrow_pages.INVOICE_PAGE_SCHEMA
+        items += table.to_pylist()
+        cursor = response.headers.get("x-next-cursor")
+        if cursor is None:
+            return items, pages
+
+
+def _as_json(invoice: dict[str, Any]) -> dict[str, Any]:
+    """An Arrow page row spelled as the JSON page spells it."""
+    return {
+        "invoice_no": invoice["invoice_no"],
+        "invoice_date": invoice["invoice_date"].isoformat(),
+        "invoice_day": invoice["invoice_day"].isoformat(),
+        "country": invoice["country"],
+        "customer_id": invoice["customer_id"],
+        "lines": [
+            {
+                **line,
+                "unit_price": format(line["unit_price"], "f"),
+                "invoice_date": line["invoice_date"].isoformat(),
+            }
+            for line in invoice["lines"]
+        ],
+    }
+
+
+@pytest.mark.parametrize("limit", [1, 3, 1000])
+def test_the_arrow_page_holds_what_the_json_page_holds(client: TestClient, stored: None, limit: int) -> None:
+    # An invoice without lines must survive the nesting too.
+    assert (
+        client.post(
+            "/invoice", json=invoice("536999", invoice_date="2010-12-02T10:00:00", lines=[])
+        ).status_code
+        == 201
+    )
+    params = {"start": "2010-12-01", "end": "2010-12-03", "limit": limit}
+    from_json, json_pages = read_all(client, "/invoices", **params)
+    from_arrow, arrow_pages_read = read_all_arrow(client, **params)
+    assert arrow_pages_read == json_pages
+    assert [_as_json(item) for item in from_arrow] == [
+        {key: value for key, value in item.items() if key != "customer"} for item in from_json
+    ]
+    assert any(item["lines"] == [] for item in from_arrow)
+    assert {line["unit_price"] for item in from_arrow for line in item["lines"]} == {
+        Decimal("2.550"),
+        Decimal("0.001"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("accept", "arrow"),
+    [
+        (None, False),
+        ("application/json", False),
+        (ARROW, True),
+        (f"{ARROW}, application/json;q=0.5", True),
+        (f"application/json, {ARROW};q=0", False),
+        ("*/*", False),
+    ],
+)
+def test_the_arrow_stream_is_given_only_when_asked_for(
+    client: TestClient, stored: None, accept, arrow
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    response = client.get("/invoices", params={"limit": 2}, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(ARROW if arrow else "application/json")
+
+
+def test_a_bad_cursor_is_422_in_arrow_too(client: TestClient, stored: None) -> None:
+    response = client.get("/invoices", params={"cursor": "garbage"}, headers={"Accept": ARROW})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "cursor"]

@@ -27,6 +27,7 @@ DATA_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/stockcode/85123A", None),
     ("POST", "/bulk/customers", {"customers": []}),
     ("POST", "/bulk/invoices", {"invoices": []}),
+    ("POST", "/bulk/invoices/compare", {"invoices": {}}),
     ("GET", "/invoices", None),
     ("GET", "/customers", None),
 ]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
+from api.crud import content_hash
 from etl.client import RetailClient, RetryPolicy
 from etl.schema import LINE_SCHEMA, PRICE_TYPE, SOURCE_COLUMNS, TIMESTAMP_TYPE
 
@@ -119,6 +120,27 @@ def line_rows(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(full, schema=LINE_SCHEMA)
 
 
+def _service_hash(invoice: dict[str, Any]) -> str:
+    """`api.crud.content_hash` (the service's) of an invoice in this fake's stored form."""
+    return content_hash(
+        invoice_no=invoice["invoice_no"],
+        customer_id=invoice["customer_id"],
+        invoice_date=dt.datetime.fromisoformat(invoice["invoice_date"]),
+        country=invoice["country"],
+        lines=[
+            (
+                line["line_no"],
+                line["stock_code"],
+                line.get("description"),
+                line["quantity"],
+                Decimal(line["unit_price"]),
+                dt.datetime.fromisoformat(line["invoice_date"]),
+            )
+            for line in invoice["lines"]
+        ],
+    )
+
+
 def _encode_cursor(*parts: str) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
@@ -140,6 +162,7 @@ class FakeService:
         self.invoices: dict[str, dict[str, Any]] = {}
         self.customer_bodies: list[list[dict[str, Any]]] = []
         self.invoice_bodies: list[list[dict[str, Any]]] = []
+        self.compare_bodies: list[dict[str, str]] = []
         self.requests: list[httpx.Request] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -176,6 +199,8 @@ class FakeService:
             return self._bulk_customers(json.loads(request.content)["customers"])
         if (method, path) == ("POST", "/bulk/invoices"):
             return self._bulk_invoices(json.loads(request.content)["invoices"])
+        if (method, path) == ("POST", "/bulk/invoices/compare"):
+            return self._compare(json.loads(request.content)["invoices"])
         if (method, path) == ("GET", "/invoices"):
             return self._invoice_page(request.url.params)
         if (method, path) == ("GET", "/customers"):
@@ -230,6 +255,20 @@ class FakeService:
         return httpx.Response(
             200, json={"created": created, "unchanged": unchanged, "lines_created": lines_created}
         )
+
+    def _compare(self, hashes: dict[str, str]) -> httpx.Response:
+        """The real service's answer, with its own hash function over what this fake stores."""
+        answer: dict[str, list[str]] = {"unchanged": [], "different": [], "missing": []}
+        for invoice_no in sorted(hashes):
+            stored = self.invoices.get(invoice_no)
+            if stored is None:
+                answer["missing"].append(invoice_no)
+            elif _service_hash(stored) == hashes[invoice_no]:
+                answer["unchanged"].append(invoice_no)
+            else:
+                answer["different"].append(invoice_no)
+        self.compare_bodies.append(hashes)
+        return httpx.Response(200, json=answer)
 
     @staticmethod
     def _as_stored(invoice: dict[str, Any]) -> dict[str, Any]:

@@ -290,6 +290,18 @@ def test_same_input_twice_gives_byte_identical_files(lake: Path, sample_snapshot
     assert visible_files(lake) == before
 
 
+def test_an_unchanged_rerun_writes_no_file(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    first = write_sample(str(lake), sample_snapshot)
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lake.rglob("*.parquet")}
+
+    again = write_sample(str(lake), sample_snapshot)
+
+    assert again.files_written == () and again.files_removed == ()
+    assert sorted(again.files_unchanged) == sorted(first.files_written)
+    # Not rewritten at all: the same inode (no rename) and the same modification time.
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lake.rglob("*.parquet")} == stamps
+
+
 def test_rerun_of_a_day_replaces_exactly_that_day(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
     write_sample(str(lake), sample_snapshot)
     before = visible_files(lake)

@@ -65,7 +65,42 @@ def test_customers_are_posted_before_any_invoice(lines):
     _post(service, lines)
     paths = [r.url.path for r in service.requests]
     assert paths[0] == "/bulk/customers"
-    assert set(paths[1:]) == {"/bulk/invoices"}
+    assert set(paths[1:]) == {"/bulk/invoices/compare", "/bulk/invoices"}
+
+
+def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lines):
+    """The job's content hash equals the service's own (`api.crud.content_hash`, which the fake uses),
+    so a replay posts no invoice at all; with `skip_unchanged=False` every invoice travels again."""
+    service = FakeService()
+    first = _post(service, lines)
+    posted_once = len(service.invoice_bodies)
+    second = _post(service, lines)
+    invoices = len(set(lines["invoice_no"].to_pylist()))
+    assert (first.invoices_created, first.invoices_skipped) == (invoices, 0)
+    assert (second.invoices_created, second.invoices_unchanged, second.invoices_skipped) == (
+        0,
+        invoices,
+        invoices,
+    )
+    assert len(service.invoice_bodies) == posted_once  # nothing posted the second time
+    third = _post(service, lines, skip_unchanged=False)
+    assert (third.invoices_unchanged, third.invoices_skipped) == (invoices, 0)
+    assert len(service.invoice_bodies) == 2 * posted_once
+
+
+def test_an_invoice_changed_in_the_source_is_posted_and_refused(lines):
+    """A hash that differs is not skipped: the invoice is posted, and the service's 409 fails the run."""
+    service = FakeService()
+    _post(service, lines)
+    first_no = lines["invoice_no"][0].as_py()
+    changed = lines.set_column(
+        lines.schema.get_field_index("quantity"),
+        "quantity",
+        pc.if_else(pc.equal(lines["invoice_no"], first_no), pc.add(lines["quantity"], 1), lines["quantity"]),
+    )
+    with pytest.raises(ServiceError, match="other content"):
+        _post(service, changed)
+    assert first_no in {invoice["invoice_no"] for invoice in service.invoice_bodies[-1]}
 
 
 def test_invoices_are_never_split_and_batches_respect_the_line_limit(lines):
@@ -243,10 +278,13 @@ def test_a_short_acknowledgement_is_an_error():
     service = FakeService()
     service.faults = [
         httpx.Response(200, json={"created": 1, "existing": 0, "conflicts": []}),
+        httpx.Response(200, json={"unchanged": [], "different": [], "missing": ["1", "2"]}),
         httpx.Response(200, json={"created": 1, "unchanged": 0, "lines_created": 1}),
     ]
     table = line_rows([{"invoice_no": "1", "line_no": 1}, {"invoice_no": "2", "line_no": 1}])
-    with pytest.raises(ServiceError, match="acknowledged 1 created \\+ 0 unchanged of 2 invoices"):
+    with pytest.raises(
+        ServiceError, match="acknowledged 1 created \\+ 0 unchanged \\(\\+ 0 by hash\\) of 2 invoices"
+    ):
         _post(service, table)
 
 

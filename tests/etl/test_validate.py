@@ -213,6 +213,37 @@ def test_day_filter_keeps_the_range_and_undated_rejects() -> None:
     assert result.days == (dt.date(2010, 12, 2),)
 
 
+def test_a_day_range_gives_exactly_the_whole_runs_rows_of_those_days() -> None:
+    """A range validates only the rows of invoices touching it (and undated rows), which must give the
+    same lines, line numbers, reasons and source rows as validating everything and then filtering."""
+    rows = [
+        {"InvoiceNo": "1", "InvoiceDate": "2010-12-01 23:59:00"},
+        {"InvoiceNo": "2", "InvoiceDate": "2010-12-02 08:00:00"},
+        {"InvoiceNo": "1", "InvoiceDate": "2010-12-01 23:59:00", "StockCode": "22633"},
+        {"InvoiceNo": "3", "InvoiceDate": "2010-12-01 10:00:00"},  # spans two days: rejected whole
+        {"InvoiceNo": "3", "InvoiceDate": "2010-12-02 10:00:00", "StockCode": "22633"},
+        {"InvoiceNo": "2", "InvoiceDate": "2010-12-02 08:00:00", "Quantity": "x"},
+        {"InvoiceNo": "2", "InvoiceDate": "2010-12-02 08:00:00", "StockCode": "22752"},  # line_no 3
+        {"InvoiceNo": "4", "InvoiceDate": "garbage"},
+        {"InvoiceNo": "5.0", "InvoiceDate": "12/3/2010 9:00"},
+    ]
+    everything = run(*rows)
+    for start, end in [(1, 1), (2, 2), (2, 3), (3, 3), (4, 4)]:
+        days = DayRange(dt.date(2010, 12, start), dt.date(2010, 12, end))
+        ranged = run(*rows, days=days)
+        in_range = pa.array(
+            [days.start <= d <= days.end for d in everything.lines["invoice_day"].to_pylist()]  # type: ignore[operator]
+        )
+        assert ranged.lines.equals(everything.lines.filter(in_range)), (start, end)
+        kept = pa.array(
+            [d is None or days.start <= d <= days.end for d in everything.rejects["invoice_day"].to_pylist()]  # type: ignore[operator]
+        )
+        assert ranged.rejects.equals(everything.rejects.filter(kept)), (start, end)
+    assert run(*rows, days=DayRange(dt.date(2010, 12, 2), dt.date(2010, 12, 2))).lines[
+        "line_no"
+    ].to_pylist() == [1, 3]
+
+
 def test_open_ended_day_ranges() -> None:
     rows = [
         {"InvoiceNo": "1", "InvoiceDate": "2010-12-01 08:00:00"},

@@ -160,7 +160,7 @@ _KILLING_RUNNER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("step", "after"), [("_write_parquet", 2), ("_move", 2)])
+@pytest.mark.parametrize(("step", "after"), [("_write_bytes", 2), ("_move", 2)])
 def test_job_killed_while_writing_the_lake_then_rerun(
     step: str, after: int, expected_lake: dict[str, pa.Table], tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -181,7 +181,7 @@ def test_job_killed_while_writing_the_lake_then_rerun(
         temporary = [p for p in lake.rglob("*") if p.name.endswith(".tmp")]
         assert temporary, "the kill was meant to leave a temporary file behind"
         assert_visible_parts_complete(lake)
-        if step == "_write_parquet":
+        if step == "_write_bytes":
             assert visible_parts(lake) == []  # nothing moves before every file is written
         else:
             assert len(visible_parts(lake)) == after  # whole partitions only
