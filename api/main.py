@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
+from api.core.memory import limit_heap_retention
 from api.errors import ConflictError, InvalidInputError, NotFoundError
 from api.events import relay
 from api.observability.logging import configure_logging
@@ -74,6 +76,29 @@ class BodySizeLimit:
         else:
             response = JSONResponse({"detail": self._detail()}, status_code=413)
         await response({"type": "http"}, _no_receive, send)
+
+
+class BulkWriteLimit:
+    """At most `max_in_flight` bulk writes per worker process at once; later ones wait before their body
+    is read.
+
+    A bulk body of 20,000 lines takes ~50 MB of Python objects once parsed and validated, so the number
+    parsed at once, not the number of clients, must bound a worker's memory. A waiting request has not
+    read its body yet: it costs a socket buffer, not memory. Writes contend for the same two cores and
+    the same tables anyway, so more at once would not finish sooner.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+        self.slots = asyncio.Semaphore(max_in_flight)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        async with self.slots:
+            await self.app(scope, receive, send)
 
 
 async def _no_receive() -> Message:  # pragma: no cover - a plain response never reads the request
@@ -185,6 +210,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for `settings` (default: read from the environment and `.env`)."""
     settings = settings or Settings()
+    limit_heap_retention()  # before the worker threads start allocating
     app = FastAPI(
         title="Online Retail API",
         version="1.0.0",
@@ -195,6 +221,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Connecting is lazy: building the app touches no database.
     app.state.engine = make_engine(settings.DATABASE_URL)
     app.state.sessions = make_session_factory(app.state.engine)
+    app.add_middleware(
+        BulkWriteLimit,
+        max_in_flight=settings.MAX_BULK_WRITES_IN_FLIGHT,
+        paths=frozenset({"/bulk/invoices", "/bulk/customers"}),
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
     _add_observability(app, settings)
     _add_exception_handlers(app)

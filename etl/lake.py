@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
+import hashlib
 import json
 import os
 import re
@@ -57,6 +58,8 @@ TABLES = ("invoice_lines", "invoices", "customers", "rejects")
 _PARTITION_FIELD = pa.field(PARTITION_COLUMN, pa.date32())
 _PARTITIONING = ds.HivePartitioning(pa.schema([_PARTITION_FIELD]), null_fallback=DEFAULT_PARTITION)
 _FILE_NAME = "part-0.parquet"
+#: Footer metadata key of a file's content digest (`content_digest`).
+DIGEST_KEY = b"retail_etl.content_sha256"
 _EPOCH = dt.date(1970, 1, 1)
 _TEMP_SUFFIX = ".tmp"
 _FINGERPRINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -163,15 +166,16 @@ def write_lake(
                 emptied.append(final)
                 continue
             file_schema = FILE_SCHEMAS[table]
-            encoded = _parquet_bytes(data.select(file_schema.names).cast(file_schema))
-            if _holds(fs, final, encoded):
-                # A rerun of the same day: the file already holds exactly these bytes. Leaving it is
-                # what rewriting it would give, without the write, the rename or a new mtime.
+            rows = data.select(file_schema.names).cast(file_schema)
+            digest = content_digest(rows)
+            if _stored_digest(fs, final) == digest:
+                # A rerun of the same day: the file already holds exactly these rows. Leaving it is
+                # what rewriting it would give (the same bytes), without encoding, writing or renaming.
                 unchanged.append(final)
                 continue
             temporary = f"{base}/{relative}/.{file_name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
             pending.append((temporary, final))
-            _write_bytes(fs, temporary, encoded, directories)
+            _write_bytes(fs, temporary, _parquet_bytes(rows, digest), directories)
         # Every file is complete on storage before the first move: a failure up to here changes
         # nothing a reader sees. From here on each step swaps one whole partition.
         while pending:
@@ -409,21 +413,36 @@ def _arrow_fs(fs: fsspec.AbstractFileSystem) -> FileSystem:
     return PyFileSystem(FSSpecHandler(fs))
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    """`table` as a Parquet file in memory: the same bytes for the same rows (no timestamps inside)."""
+def content_digest(table: pa.Table) -> str:
+    """sha256 of `table`'s rows and schema (its Arrow IPC stream): equal digests, equal files.
+
+    Stored in each file's key-value metadata (`DIGEST_KEY`), so that a rerun compares a partition with
+    the file in place by reading only the file's footer.
+    """
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def _parquet_bytes(table: pa.Table, digest: str) -> bytes:
+    """`table` as a Parquet file in memory, its digest in the footer: the same bytes for the same rows."""
+    tagged = table.replace_schema_metadata({**(table.schema.metadata or {}), DIGEST_KEY: digest.encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(tagged, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
-def _holds(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
-    """Whether the file at `path` exists with exactly `data` (the size is compared first, cheaply)."""
+def _stored_digest(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The content digest in the footer of the file at `path`; None when there is no such file (or
+    it has none, or cannot be read: it is then rewritten)."""
     try:
-        if fs.size(path) != len(data):
-            return False
-        return bool(fs.cat_file(path) == data)
-    except FileNotFoundError:
-        return False
+        with fs.open(path, "rb") as handle:
+            metadata = pq.read_metadata(handle).metadata or {}
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return None
+    value = metadata.get(DIGEST_KEY)
+    return value.decode() if value is not None else None
 
 
 def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, directories: set[str]) -> None:

@@ -291,7 +291,19 @@ def _unit_price(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason
 
 
 def _invoice_date(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(timestamp[s], date32, parsed?) from ISO or Kaggle text, checking the calendar exactly."""
+    """(timestamp[s], date32, parsed?) from ISO or Kaggle text, checking the calendar exactly.
+
+    Each distinct text is parsed once: the 541,909 rows hold ~23,000 timestamps (an invoice's lines
+    share theirs), so the regexes and the calendar arithmetic run over a twentieth of the rows.
+    """
+    encoded = pc.dictionary_encode(value)
+    timestamp, invoice_day, valid = _parse_invoice_dates(encoded.dictionary)
+    rows = encoded.indices
+    return timestamp.take(rows), invoice_day.take(rows), valid.take(rows)
+
+
+def _parse_invoice_dates(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """`_invoice_date` over distinct texts."""
     iso = pc.extract_regex(value, _ISO_DATE)
     # When every row is ISO (the CSV export) the Kaggle pattern would be picked for no row: skip that
     # second regex over every row.

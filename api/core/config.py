@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     ENVIRONMENT: Literal["local", "production"] = "local"
     #: Bodies above this many bytes are refused with 413 (the bulk endpoints need a few MiB per batch).
     MAX_BODY_BYTES: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: Bulk writes parsed at once per worker process; more wait, unread (bounds a worker's memory).
+    MAX_BULK_WRITES_IN_FLIGHT: int = Field(default=2, ge=1)
     #: Apply pending Alembic migrations when the service starts.
     MIGRATE_ON_START: bool = True
     #: How long start-up waits for the database to answer before giving up.

@@ -1,0 +1,13 @@
+"""The malloc settings the service applies at start (api/core/memory.py)."""
+
+from __future__ import annotations
+
+import platform
+
+from api.core.memory import limit_heap_retention
+
+
+def test_glibc_takes_the_settings_and_other_libraries_are_left_alone() -> None:
+    # True exactly where the C library is glibc (this machine and the service's image): elsewhere the
+    # function must do nothing rather than fail the service's start.
+    assert limit_heap_retention() is (platform.libc_ver()[0] == "glibc")
