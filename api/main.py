@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import arrow_pages
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
@@ -111,6 +112,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.MIGRATE_ON_START:
         await run_in_threadpool(migrate, app.state.engine, wait_seconds=settings.DB_WAIT_SECONDS)
+    # Arrow's kernels initialise on first use (~0.2 s): pay it here, not in the first read-back request.
+    await run_in_threadpool(arrow_pages.warm_up)
     # The outbox relay thread, when RABBITMQ_URL is set (and RELAY_IN_SERVICE); stopped before the pool.
     app.state.relay = relay.start_in_service(settings, app.state.sessions)
     try:

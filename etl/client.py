@@ -324,55 +324,23 @@ class RetailClient:
         except (ValueError, KeyError, TypeError) as exc:
             raise ServiceError(f"GET {path} answered a page of {start}..{end} without 'items'") from exc
 
-    async def iter_invoice_tables(
+    def iter_invoice_tables(
         self, start: dt.date, end: dt.date, limit: int = 1000
     ) -> AsyncIterator[pa.Table | list[dict[str, Any]]]:
         """Every page of invoices of `[start, end]` as `get_invoice_page_arrow` gives them."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            page, cursor = await self.get_invoice_page_arrow(start, end, cursor, limit)
-            yield page
-            if cursor is None:
-                return
-            if cursor in seen:
-                raise ServiceError(f"the service repeated cursor {cursor!r} while paging {start}..{end}")
-            seen.add(cursor)
+        return _walk(self.get_invoice_page_arrow, start, end, limit)
 
     def iter_invoice_pages(
         self, start: dt.date, end: dt.date, limit: int = 1000
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Every page of invoices of `[start, end]`, following the cursor chain to its end."""
-        return self._walk(self.get_invoice_page, start, end, limit)
+        return _walk(_json_page(self.get_invoice_page), start, end, limit)
 
     def iter_customer_pages(
         self, start: dt.date, end: dt.date, limit: int = 1000
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Every page of customers with an invoice in `[start, end]`."""
-        return self._walk(self.get_customer_page, start, end, limit)
-
-    async def _walk(
-        self,
-        get_page: Callable[[dt.date, dt.date, str | None, int], Awaitable[dict[str, Any]]],
-        start: dt.date,
-        end: dt.date,
-        limit: int,
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
-            page = await get_page(start, end, cursor, limit)
-            try:
-                items, cursor = list(page["items"]), page.get("next_cursor")
-            except (KeyError, TypeError) as exc:
-                raise ServiceError(f"the service answered a page of {start}..{end} without 'items'") from exc
-            yield items
-            if cursor is None:
-                return
-            # A cursor that comes back again would walk the same pages for ever.
-            if cursor in seen:
-                raise ServiceError(f"the service repeated cursor {cursor!r} while paging {start}..{end}")
-            seen.add(cursor)
+        return _walk(_json_page(self.get_customer_page), start, end, limit)
 
     # -- the one place that sends and retries ---------------------------------------------------------
 
@@ -503,6 +471,43 @@ def _log_invoice_request(request_id: str, body: Any) -> None:
         len(invoices),
         extra={"request_id": request_id, "invoice_nos": [invoice.get("invoice_no") for invoice in invoices]},
     )
+
+
+P = TypeVar("P")
+#: Fetches one page of `[start, end]` after `cursor`: the page and the next cursor (None: the last).
+PageFetcher = Callable[[dt.date, dt.date, str | None, int], Awaitable[tuple[P, str | None]]]
+
+
+async def _walk(get_page: PageFetcher[P], start: dt.date, end: dt.date, limit: int) -> AsyncIterator[P]:
+    """Every page of `[start, end]`, following the cursor chain to its end."""
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        page, cursor = await get_page(start, end, cursor, limit)
+        yield page
+        if cursor is None:
+            return
+        # A cursor that comes back again would walk the same pages for ever.
+        if cursor in seen:
+            raise ServiceError(f"the service repeated cursor {cursor!r} while paging {start}..{end}")
+        seen.add(cursor)
+
+
+def _json_page(
+    get_page: Callable[[dt.date, dt.date, str | None, int], Awaitable[dict[str, Any]]],
+) -> PageFetcher[list[dict[str, Any]]]:
+    """A fetcher of `{"items", "next_cursor"}` JSON pages as `_walk` wants it."""
+
+    async def fetch(
+        start: dt.date, end: dt.date, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        page = await get_page(start, end, cursor, limit)
+        try:
+            return list(page["items"]), page.get("next_cursor")
+        except (KeyError, TypeError) as exc:
+            raise ServiceError(f"the service answered a page of {start}..{end} without 'items'") from exc
+
+    return fetch
 
 
 def _page_params(start: dt.date, end: dt.date, cursor: str | None, limit: int) -> dict[str, str | int]:

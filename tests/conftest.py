@@ -6,7 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
+from tests.api.helpers import AUTH
 from tests.support.postgres import temporary_database
 
 
@@ -35,3 +39,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "postgres_url" in getattr(item, "fixturenames", ()) or "[postgres" in item.nodeid:
             item.add_marker(pytest.mark.postgres)
+
+
+# The service in-process: each test folder that uses these defines its own `app` fixture.
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    """A client of `app` that sends the API key; its lifespan applies the migrations."""
+    with TestClient(app, headers=AUTH) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def engine(app: FastAPI, client: TestClient) -> Engine:
+    """The app's engine, to check what is stored."""
+    database: Engine = app.state.engine
+    return database

@@ -20,7 +20,7 @@ from api.events import outbox
 from api.main import create_app
 from api.models import OutboxEvent
 from tests.api.conftest import make_settings
-from tests.api.helpers import AUTH, invoice, line
+from tests.api.helpers import invoice, line
 from tests.events.support import outbox_counts
 from tests.support.service import REPO_ROOT
 
@@ -29,18 +29,6 @@ from tests.support.service import REPO_ROOT
 def app(database_url: str) -> FastAPI:
     # No RABBITMQ_URL: the embedded default.
     return create_app(make_settings(database_url, RABBITMQ_URL=None))
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, headers=AUTH) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def engine(app: FastAPI, client: TestClient) -> Engine:
-    database: Engine = app.state.engine
-    return database
 
 
 def stored_events(engine: Engine) -> list[dict[str, Any]]:
