@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import orjson
 from sqlalchemy import ColumnElement, Row, Table, distinct, exists, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api import arrow_pages, schemas
 from api.core.db import begin_write
@@ -291,12 +291,16 @@ def bulk_create_customers(
 
 
 def _stored_countries(session: Session, customer_ids: Sequence[str]) -> dict[str, str]:
+    return _stored_values(session, Customer.customer_id, Customer.country, customer_ids)
+
+
+def _stored_values(
+    session: Session, key: InstrumentedAttribute[str], value: InstrumentedAttribute[str], keys: Sequence[str]
+) -> dict[str, str]:
+    """`{key: value}` of the stored rows whose `key` is among `keys`, read with chunked `IN` lists."""
     stored: dict[str, str] = {}
-    for chunk in _chunks(customer_ids):
-        rows = session.execute(
-            select(Customer.customer_id, Customer.country).where(Customer.customer_id.in_(chunk))
-        )
-        stored.update({row.customer_id: row.country for row in rows})
+    for chunk in _chunks(keys):
+        stored.update({row[0]: row[1] for row in session.execute(select(key, value).where(key.in_(chunk)))})
     return stored
 
 
@@ -558,13 +562,7 @@ def _require_customers(
 
 
 def _stored_hashes(session: Session, invoice_nos: Sequence[str]) -> dict[str, str]:
-    stored: dict[str, str] = {}
-    for chunk in _chunks(invoice_nos):
-        rows = session.execute(
-            select(Invoice.invoice_no, Invoice.content_hash).where(Invoice.invoice_no.in_(chunk))
-        )
-        stored.update({row.invoice_no: row.content_hash for row in rows})
-    return stored
+    return _stored_values(session, Invoice.invoice_no, Invoice.content_hash, invoice_nos)
 
 
 def read_invoices_page(
