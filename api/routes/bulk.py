@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
-from api import arrow_pages, crud, schemas
+from api import arrow_pages, arrow_writes, crud, schemas
 from api.core.fastjson import OrjsonRoute
 from api.deps import REQUIRE_API_KEY, SessionDep
 
@@ -32,14 +35,87 @@ def bulk_create_customers(
     return crud.bulk_create_customers(session, customers=body.customers)
 
 
-@router.post(
-    "/bulk/invoices",
-    response_model=schemas.BulkInvoicesResult,
-    responses={409: {"description": "Invoices stored with other content (`invoice_nos`); nothing stored"}},
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+def bulk_create_invoices_arrow(
+    session: SessionDep, body: Annotated[bytes, Depends(_raw_body)]
+) -> schemas.BulkInvoicesResult:
+    """`POST /bulk/invoices` with an Arrow IPC stream body (api.arrow_writes); answers as JSON does."""
+    try:
+        invoices = arrow_writes.read_invoices(body)
+    except arrow_writes.ArrowBodyError as error:
+        raise RequestValidationError(error.errors) from None
+    result = crud.store_invoices(session, invoices, unknown_customer=crud.unknown_bulk_customer)
+    _log_bulk_result(result)
+    return result
+
+
+class BulkInvoicesRoute(OrjsonRoute):
+    """`POST /bulk/invoices`: a JSON body goes to the declared endpoint (validated by its model), an
+    Arrow stream (`Content-Type: application/vnd.apache.arrow.stream`) to `bulk_create_invoices_arrow`.
+
+    FastAPI picks a route by path and method only, and would validate an Arrow body against the JSON
+    model; one route with two handlers keeps one operation in the OpenAPI document, whose request body
+    lists both media types. The Arrow handler is built as a route of its own with the same dependencies
+    (the API key), so it is checked and answered exactly as the JSON one.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        json_handler = super().get_route_handler()
+        arrow_handler = APIRoute(
+            self.path,
+            bulk_create_invoices_arrow,
+            methods=["POST"],
+            dependencies=self.dependencies,
+            response_model=schemas.BulkInvoicesResult,
+            dependency_overrides_provider=self.dependency_overrides_provider,
+        ).get_route_handler()
+
+        async def by_content_type(request: Request) -> Response:
+            if arrow_writes.is_arrow(request.headers.get("content-type")):
+                return await arrow_handler(request)
+            return await json_handler(request)
+
+        return by_content_type
+
+
+_ARROW_BODY_DESCRIPTION = (
+    "JSON (`BulkInvoicesCreate`), or an Arrow IPC stream (`Content-Type: "
+    f"{arrow_pages.ARROW_STREAM}`): one row per invoice with columns `invoice_no` (string), `invoice_date` "
+    "(timestamp[s] or timestamp[us], no time zone), `customer_id` (string, nullable), `country` (string) "
+    "and `lines`, a list of structs `line_no` (int32), `stock_code` (string), `description` (string, "
+    "nullable), `quantity` (int64), `unit_price` (decimal128(12, 3)), `invoice_date` (timestamp, nullable: "
+    "the invoice's). Same limits, answers and content hash as JSON; errors name the JSON body's locations."
 )
+
+
 def bulk_create_invoices(session: SessionDep, body: schemas.BulkInvoicesCreate) -> schemas.BulkInvoicesResult:
     """Create many invoices with their lines in one transaction; replaying a batch stores nothing new."""
     result = crud.bulk_create_invoices(session, invoices=body.invoices)
+    _log_bulk_result(result)
+    return result
+
+
+# Added here rather than with `@router.post`, which takes no route class of its own.
+router.add_api_route(
+    "/bulk/invoices",
+    bulk_create_invoices,
+    methods=["POST"],
+    response_model=schemas.BulkInvoicesResult,
+    responses={409: {"description": "Invoices stored with other content (`invoice_nos`); nothing stored"}},
+    route_class_override=BulkInvoicesRoute,
+    openapi_extra={
+        "requestBody": {
+            "description": _ARROW_BODY_DESCRIPTION,
+            "content": {arrow_pages.ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+
+
+def _log_bulk_result(result: schemas.BulkInvoicesResult) -> None:
     # One line per request, with the numbers: an invoice can be followed from the job's log (same
     # request_id) to what the service did with it.
     logger.info(
@@ -49,7 +125,6 @@ def bulk_create_invoices(session: SessionDep, body: schemas.BulkInvoicesCreate) 
         result.lines_created,
         extra={"invoices_created": result._created_nos, "invoices_unchanged": result._unchanged_nos},
     )
-    return result
 
 
 @router.post("/bulk/invoices/compare", response_model=schemas.InvoiceHashComparison)
