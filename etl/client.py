@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,7 +47,8 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 # usable scheme: sending it again cannot succeed, so they fail at once like a 4xx.
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
-#: Read-back pages as Arrow IPC (typed, columnar), JSON from a service that has no Arrow (docs/design.md).
+#: Read-back pages as Arrow IPC (typed, columnar), JSON from a service that has no Arrow (docs/design.md);
+#: also the media type of the job's Arrow invoice bodies.
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ACCEPT_ARROW_OR_JSON = f"{ARROW_STREAM}, application/json;q=0.5"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
@@ -282,8 +283,31 @@ class RetailClient:
         return await self._request("POST", "/bulk/customers", json={"customers": customers})
 
     async def post_invoices(self, invoices: list[dict[str, Any]]) -> dict[str, Any]:
-        """POST /bulk/invoices → `{"created", "unchanged", "lines_created"}`; 409 raises `ServiceError`."""
-        return await self._request("POST", "/bulk/invoices", json={"invoices": invoices})
+        """POST /bulk/invoices as JSON → `{"created", "unchanged", "lines_created"}`; 409 raises
+        `ServiceError`."""
+        return await self._request(
+            "POST",
+            "/bulk/invoices",
+            json={"invoices": invoices},
+            invoice_nos=[invoice.get("invoice_no") for invoice in invoices],
+        )
+
+    async def post_invoice_table(self, invoices: pa.Table) -> dict[str, Any]:
+        """POST /bulk/invoices with `invoices` (one row per invoice, lines nested; `etl.post.invoice_table`)
+        as an Arrow IPC stream → the same answer as `post_invoices`.
+
+        The stream is written once and every retry resends the same bytes, as with a JSON body.
+        """
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, invoices.schema) as writer:
+            writer.write_table(invoices)
+        return await self._request(
+            "POST",
+            "/bulk/invoices",
+            content=sink.getvalue().to_pybytes(),
+            content_type=ARROW_STREAM,
+            invoice_nos=invoices["invoice_no"].to_pylist(),
+        )
 
     async def compare_invoices(self, hashes: dict[str, str]) -> dict[str, Any]:
         """POST /bulk/invoices/compare → `{"unchanged", "different", "missing"}` invoice numbers."""
@@ -350,9 +374,20 @@ class RetailClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
         params: Mapping[str, str | int] | None = None,
+        invoice_nos: Sequence[str | None] | None = None,
     ) -> dict[str, Any]:
-        response = await self._send(method, path, json=json, params=params)
+        response = await self._send(
+            method,
+            path,
+            json=json,
+            content=content,
+            content_type=content_type,
+            params=params,
+            invoice_nos=invoice_nos,
+        )
         try:
             body = orjson.loads(response.content)
         except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
@@ -367,25 +402,35 @@ class RetailClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
         params: Mapping[str, str | int] | None = None,
         accept: str | None = None,
+        invoice_nos: Sequence[str | None] | None = None,
     ) -> httpx.Response:
         """Send one request, retrying as the policy says; the final answer, raised as `ServiceError`
-        when it is an error."""
+        when it is an error.
+
+        The body is `json` (encoded here) or `content` already encoded, of type `content_type`.
+        `invoice_nos`, the invoices a bulk write carries, are logged once with the request id.
+        """
+        if json is not None and content is not None:
+            raise ValueError("give the body as json or as content, not both")
         # One id per logical request, kept across its retries, so the service's log shows a replay as one.
         request_id = str(uuid.uuid4())
-        if path == "/bulk/invoices":
-            _log_invoice_request(request_id, json)
+        if invoice_nos is not None:
+            _log_invoice_request(method, path, request_id, invoice_nos)
         started = time.monotonic()
         attempts = 0
         headers = {"X-Request-ID": request_id}
         if accept is not None:
             headers["Accept"] = accept
-        # Encoded once, with orjson (several times faster than json for the bulk bodies), and resent as
-        # the same bytes by every retry.
-        content = None if json is None else orjson.dumps(json)
-        if content is not None:
-            headers["Content-Type"] = "application/json"
+        if json is not None:
+            # Encoded once, with orjson (several times faster than json for the bulk bodies), and resent
+            # as the same bytes by every retry.
+            content, content_type = orjson.dumps(json), "application/json"
+        if content is not None and content_type is not None:
+            headers["Content-Type"] = content_type
 
         async def attempt() -> httpx.Response:
             nonlocal attempts
@@ -460,16 +505,17 @@ class RetailClient:
         return max(policy.min_wait, min(policy.max_wait, wait))
 
 
-def _log_invoice_request(request_id: str, body: Any) -> None:
+def _log_invoice_request(method: str, path: str, request_id: str, invoice_nos: Sequence[str | None]) -> None:
     """One INFO line per bulk invoices request naming its invoices, so that an invoice can be followed by
     the request id into the service's log (which logs the id with the invoices it created or found
     unchanged)."""
-    invoices = body.get("invoices", []) if isinstance(body, dict) else []
     log.info(
-        "POST /bulk/invoices request_id=%s: %d invoice(s)",
+        "%s %s request_id=%s: %d invoice(s)",
+        method,
+        path,
         request_id,
-        len(invoices),
-        extra={"request_id": request_id, "invoice_nos": [invoice.get("invoice_no") for invoice in invoices]},
+        len(invoice_nos),
+        extra={"request_id": request_id, "invoice_nos": list(invoice_nos)},
     )
 
 

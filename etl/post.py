@@ -1,13 +1,16 @@
 """Post validated lines to the service: customers first, then whole invoices in bounded batches.
 
-Bodies are built from Arrow columns (`to_pylist` per column, then zipped), one batch at a time when the
-batch is about to be sent, so that at most `concurrency` request bodies exist at once rather than the
-whole data set as Python dicts.
+Invoice bodies are Arrow IPC streams built straight from the invoice-sorted line table (one row per
+invoice, its lines nested as a list of structs; docs/design.md "Bulk write"), and their content hashes
+are computed with Arrow compute functions over the same columns: no Python object is made per line, which
+made building JSON bodies and hashing them per dict the job's largest cost of posting. A batch is built
+when it is about to be sent, so at most `concurrency` bodies exist at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -27,10 +30,35 @@ from etl.client import (
     gather_bounded,
 )
 from etl.errors import ServiceError
-from etl.schema import LINE_SCHEMA
+from etl.schema import LINE_SCHEMA, PRICE_TYPE, TIMESTAMP_TYPE
 
 #: How the service reads a naive timestamp (docs/design.md: naive local time, ISO form, no zone).
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
+
+#: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
+#: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`).
+LINE_BODY_TYPE = pa.struct(
+    [
+        pa.field("line_no", pa.int32(), nullable=False),
+        pa.field("stock_code", pa.string(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("quantity", pa.int64(), nullable=False),
+        pa.field("unit_price", PRICE_TYPE, nullable=False),
+        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+    ]
+)
+
+#: The Arrow body of `POST /bulk/invoices`: one row per invoice, its lines in `line_no` order. The
+#: read-back page schema (api/arrow_pages.py INVOICE_PAGE_SCHEMA) minus the derived `invoice_day`.
+INVOICE_BODY_SCHEMA = pa.schema(
+    [
+        pa.field("invoice_no", pa.string(), nullable=False),
+        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+        pa.field("customer_id", pa.string()),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("lines", pa.list_(pa.field("item", LINE_BODY_TYPE, nullable=False)), nullable=False),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,8 @@ async def post_lines(
     if not 1 <= max_lines_per_request <= MAX_LINES_PER_REQUEST:
         raise ValueError(f"max_lines_per_request must be within 1..{MAX_LINES_PER_REQUEST}")
     retries_before = client.retry_stats
+    # Sorted first: a table without LINE_SCHEMA's columns stops the stage before anything is sent.
+    ordered = sort_for_posting(lines)
 
     customers = customer_payloads(lines)
     customer_batches = [
@@ -110,25 +140,27 @@ async def post_lines(
         [partial(post_customer_batch, batch) for batch in customer_batches], concurrency
     )
 
-    ordered = sort_for_posting(lines)
     batches = plan_invoice_batches(
         ordered, max_lines=max_lines_per_request, max_invoices=MAX_INVOICES_PER_REQUEST
     )
 
     async def post_invoice_batch(batch: InvoiceBatch) -> dict[str, Any]:
         # Built here, once the batch holds a slot, so that bodies exist only for requests in flight.
-        invoices = invoice_payloads(ordered.slice(batch.start, batch.lines))
+        invoices = invoice_table(ordered.slice(batch.start, batch.lines))
         skipped: set[str] = set()
         if skip_unchanged:
             # A rerun: what the service holds with the same content hash need not travel again.
+            numbers = invoices["invoice_no"].to_pylist()
             comparison = await client.compare_invoices(
-                {inv["invoice_no"]: content_hash(inv) for inv in invoices}
+                dict(zip(numbers, content_hashes(invoices), strict=True))
             )
             skipped = set(_numbers(comparison, "unchanged"))
-            invoices = [invoice for invoice in invoices if invoice["invoice_no"] not in skipped]
+            if skipped:
+                held = pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(skipped), pa.string()))
+                invoices = invoices.filter(pc.invert(held))
         answer = {"created": 0, "unchanged": 0, "lines_created": 0}
-        if invoices:
-            answer = await client.post_invoices(invoices)
+        if invoices.num_rows:
+            answer = await client.post_invoice_table(invoices)
         created, unchanged = _count(answer, "created"), _count(answer, "unchanged")
         if created + unchanged + len(skipped) != batch.invoices:
             raise ServiceError(
@@ -212,74 +244,146 @@ def plan_invoice_batches(ordered: pa.Table, *, max_lines: int, max_invoices: int
     return batches
 
 
-def invoice_payloads(ordered: pa.Table) -> list[dict[str, Any]]:
-    """The `/bulk/invoices` items for invoice-sorted lines holding whole invoices.
+def invoice_table(ordered: pa.Table) -> pa.Table:
+    """The `/bulk/invoices` Arrow body (`INVOICE_BODY_SCHEMA`) of invoice-sorted lines holding whole
+    invoices: one row per invoice, its lines nested in table order (`line_no` order).
 
-    Invoice-level fields come from each invoice's lowest `line_no`; prices travel as decimal strings
-    (never floats), timestamps as `YYYY-MM-DDTHH:MM:SS`.
+    Invoice-level fields come from each invoice's first row, its lowest `line_no`. The line columns are
+    used as they are (no copy when `ordered` is one chunk): the nesting is only an offsets array.
     """
-    numbers = ordered["invoice_no"].to_pylist()
-    customer_ids = ordered["customer_id"].to_pylist()
-    countries = ordered["country"].to_pylist()
-    dates = _iso_seconds(ordered["invoice_date"])
-    prices = pc.cast(ordered["unit_price"], pa.string()).to_pylist()
-    lines = [
-        {
-            "line_no": line_no,
-            "stock_code": stock_code,
-            "description": description,
-            "quantity": quantity,
-            "unit_price": price,
-            "invoice_date": date,
-        }
-        for line_no, stock_code, description, quantity, price, date in zip(
-            ordered["line_no"].to_pylist(),
-            ordered["stock_code"].to_pylist(),
-            ordered["description"].to_pylist(),
-            ordered["quantity"].to_pylist(),
-            prices,
-            dates,
-            strict=True,
-        )
-    ]
-    starts = invoice_starts(ordered).tolist()
-    stops = [*starts[1:], ordered.num_rows]
-    return [
-        {
-            "invoice_no": numbers[start],
-            "customer_id": customer_ids[start],
-            "invoice_date": dates[start],
-            "country": countries[start],
-            "lines": lines[start:stop],
-        }
-        for start, stop in zip(starts, stops, strict=True)
-    ]
-
-
-def content_hash(invoice: dict[str, Any]) -> str:
-    """The service's content hash of an `invoice_payloads` item (docs/design.md, "Content hash"):
-    sha256 of the compact JSON of `[invoice_no, customer_id, invoice_date, country, [[line_no,
-    stock_code, description, quantity, unit_price, invoice_date], ...]]`, lines in `line_no` order,
-    prices with three decimals and timestamps as `YYYY-MM-DDTHH:MM:SS`, as the payload spells them."""
-    lines = sorted(invoice["lines"], key=lambda line: line["line_no"])
-    canonical = [
-        invoice["invoice_no"],
-        invoice["customer_id"],
-        invoice["invoice_date"],
-        invoice["country"],
+    starts = invoice_starts(ordered)
+    columns = {
+        name: ordered[name].combine_chunks()
+        for name in ("invoice_no", "customer_id", "country", *LINE_BODY_TYPE.names)
+    }
+    # The contract takes seconds or microseconds; a no-op for LINE_SCHEMA's own `timestamp[s]`.
+    columns["invoice_date"] = pc.cast(columns["invoice_date"], TIMESTAMP_TYPE)
+    struct = pa.StructArray.from_arrays(
+        [columns[name] for name in LINE_BODY_TYPE.names], fields=list(LINE_BODY_TYPE)
+    )
+    offsets = pa.array(np.append(starts, ordered.num_rows), pa.int32())
+    lines = pa.ListArray.from_arrays(offsets, struct, type=INVOICE_BODY_SCHEMA.field("lines").type)
+    firsts = pa.array(starts, pa.int64())
+    return pa.Table.from_arrays(
         [
-            [
-                line["line_no"],
-                line["stock_code"],
-                line["description"],
-                line["quantity"],
-                line["unit_price"],
-                line["invoice_date"],
-            ]
-            for line in lines
+            columns["invoice_no"].take(firsts),
+            columns["invoice_date"].take(firsts),
+            columns["customer_id"].take(firsts),
+            columns["country"].take(firsts),
+            lines,
         ],
-    ]
-    return hashlib.sha256(orjson.dumps(canonical)).hexdigest()
+        schema=INVOICE_BODY_SCHEMA,
+    )
+
+
+def content_hashes(invoices: pa.Table) -> list[str]:
+    """The service's content hash of each row of an `invoice_table` (docs/design.md, "Content hash").
+
+    The sha256 of the compact JSON of `[invoice_no, customer_id, invoice_date, country, [[line_no,
+    stock_code, description, quantity, unit_price, invoice_date], ...]]`, as orjson (and `json.dumps(...,
+    ensure_ascii=False, separators=(",", ":"))`) writes it: prices with three decimals, timestamps as
+    `YYYY-MM-DDTHH:MM:SS`, null as `null`, lines in the order they are nested (`invoice_table` nests them
+    in `line_no` order). The JSON text is assembled column by column with Arrow string functions; only
+    strings holding a character JSON escapes are encoded one by one, by orjson.
+    """
+    nested = invoices["lines"].combine_chunks()
+    flat = nested.flatten()  # the lines of every invoice in turn (honours a sliced or filtered list)
+    line_texts = _json_arrays(
+        [
+            (pc.cast(flat.field("line_no"), pa.string()), _NUMBER),
+            (_json_string_contents(flat.field("stock_code")), _STRING),
+            (_json_string_contents(flat.field("description")), _STRING),
+            (pc.cast(flat.field("quantity"), pa.string()), _NUMBER),
+            # decimal128(12, 3) as text always has its three decimals ("2.550", "-0.500"), as money_text.
+            (pc.cast(flat.field("unit_price"), pa.string()), _STRING),
+            (_iso_seconds(flat.field("invoice_date")), _STRING),
+        ]
+    )
+    counts = pc.list_value_length(nested).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+    canonical = _json_arrays(
+        [
+            (_json_string_contents(invoices["invoice_no"].combine_chunks()), _STRING),
+            (_json_string_contents(invoices["customer_id"].combine_chunks()), _STRING),
+            (_iso_seconds(invoices["invoice_date"].combine_chunks()), _STRING),
+            (_json_string_contents(invoices["country"].combine_chunks()), _STRING),
+            (pc.binary_join(pa.ListArray.from_arrays(offsets, line_texts), ","), _ARRAY),
+        ]
+    )
+    return _sha256_each(canonical)
+
+
+#: How `_json_arrays` encloses a value of each kind: a number as it is, a string's contents in quotes,
+#: the elements of an array (already joined with commas) in brackets.
+_NUMBER, _STRING, _ARRAY = ("", ""), ('"', '"'), ("[", "]")
+
+
+def _json_arrays(columns: list[tuple[pa.Array, tuple[str, str]]]) -> pa.Array:
+    """Per row, the compact JSON array of the columns' values; each column is JSON text to enclose as
+    its kind says (`_NUMBER`, `_STRING`, `_ARRAY`), and a null is written `null`.
+
+    One `binary_join_element_wise` over all the columns: a column without nulls is not made into
+    literals of its own, its enclosing characters are folded into the separators around it. Only a
+    column with nulls (descriptions, customers) is enclosed first, as `null` takes no quotes.
+    """
+    pieces: list[pa.Array | str] = []
+    before = "["  # the text due before the next value: the array's opening or a comma, and a closing
+    for texts, (opening, closing) in columns:
+        if texts.null_count:
+            literals = pc.binary_join_element_wise(opening, texts, closing, "") if opening else texts
+            pieces += [before, pc.fill_null(literals, "null")]
+            before = ","
+        else:
+            pieces += [before + opening, texts]
+            before = closing + ","
+    pieces.append(before[:-1] + "]")  # the last value's closing, and the array's own
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _json_string_contents(values: pa.Array) -> pa.Array:
+    """Each string as it stands between the quotes of its JSON literal, as orjson writes it: UTF-8 as is,
+    with the quote, the backslash and U+0000..U+001F escaped. Nulls stay null.
+
+    Few strings hold such a character (1,239 descriptions with a quote in the UCI data, nothing else),
+    so those alone are encoded by orjson, the reference encoder, rather than reimplementing JSON's
+    several escapes (`\\n`, `\\u001f`, ...) with Arrow functions.
+    """
+    rows = _rows_to_escape(values)
+    if rows.size == 0:
+        return values
+    mask = np.zeros(len(values), dtype=bool)
+    mask[rows] = True
+    texts = [orjson.dumps(text).decode()[1:-1] for text in values.take(pa.array(rows)).to_pylist()]
+    return pc.replace_with_mask(values, pa.array(mask), pa.array(texts, pa.string()))
+
+
+def _rows_to_escape(values: pa.Array) -> np.ndarray:
+    """Rows of non-null strings holding a byte JSON escapes: a quote, a backslash or a control character.
+
+    A scan of the UTF-8 bytes is exact (every byte of a multi-byte character is >= 0x80) and several
+    times faster than a regex per string.
+    """
+    _, offsets_buffer, data_buffer = values.buffers()
+    if data_buffer is None or len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=len(values) + 1, offset=4 * values.offset)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    positions = np.flatnonzero((data < 0x20) | (data == 0x22) | (data == 0x5C)) + offsets[0]
+    rows = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
+    # A null slot may still own bytes; it is written as `null`, never escaped.
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    return rows[valid[rows]]
+
+
+def _sha256_each(texts: pa.Array) -> list[str]:
+    """The lowercase hex sha256 of each string, hashed where it lies in Arrow's buffer (no copy)."""
+    if len(texts) == 0:
+        return []
+    buffers = texts.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int32, count=len(texts) + 1, offset=4 * texts.offset)
+    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
+    bounds = offsets.tolist()
+    return [hashlib.sha256(data[a:b]).hexdigest() for a, b in itertools.pairwise(bounds)]
 
 
 def _numbers(answer: dict[str, Any], key: str) -> list[str]:
@@ -289,15 +393,14 @@ def _numbers(answer: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def _iso_seconds(timestamps: pa.ChunkedArray) -> list[str]:
+def _iso_seconds(timestamps: pa.Array) -> pa.Array:
     """Timestamps as `YYYY-MM-DDTHH:MM:SS` strings.
 
     Formatted once per distinct value (an invoice's lines share theirs): `strftime` over every line was
-    the largest part of building request bodies.
+    the largest part of building the canonical text.
     """
-    encoded = pc.dictionary_encode(timestamps.combine_chunks())
-    texts = pc.strftime(encoded.dictionary, format=ISO_SECONDS).to_pylist()
-    return [texts[index] for index in encoded.indices.to_pylist()]
+    encoded = pc.dictionary_encode(pc.cast(timestamps, TIMESTAMP_TYPE))
+    return pc.strftime(encoded.dictionary, format=ISO_SECONDS).take(encoded.indices)
 
 
 def _count(answer: dict[str, Any], key: str) -> int:

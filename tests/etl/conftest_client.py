@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from api.crud import content_hash
-from etl.client import RetailClient, RetryPolicy
+from etl.client import ARROW_STREAM, RetailClient, RetryPolicy
 from etl.schema import LINE_SCHEMA, PRICE_TYPE, SOURCE_COLUMNS, TIMESTAMP_TYPE
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "sample_data" / "online_retail_sample.csv"
@@ -141,6 +141,25 @@ def _service_hash(invoice: dict[str, Any]) -> str:
     )
 
 
+def _arrow_invoices(body: bytes) -> list[dict[str, Any]]:
+    """An Arrow invoice stream (one row per invoice, lines nested) in the JSON body's shape."""
+
+    def iso(stamp: dt.datetime | None) -> str | None:
+        return None if stamp is None else stamp.isoformat(timespec="seconds")
+
+    return [
+        {
+            **invoice,
+            "invoice_date": iso(invoice["invoice_date"]),
+            "lines": [
+                {**line, "unit_price": str(line["unit_price"]), "invoice_date": iso(line["invoice_date"])}
+                for line in invoice["lines"]
+            ],
+        }
+        for invoice in pa.ipc.open_stream(body).read_all().to_pylist()
+    ]
+
+
 def _encode_cursor(*parts: str) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
 
@@ -198,6 +217,8 @@ class FakeService:
         if (method, path) == ("POST", "/bulk/customers"):
             return self._bulk_customers(json.loads(request.content)["customers"])
         if (method, path) == ("POST", "/bulk/invoices"):
+            if request.headers.get("Content-Type") == ARROW_STREAM:  # the job's body (docs/design.md)
+                return self._bulk_invoices(_arrow_invoices(request.content))
             return self._bulk_invoices(json.loads(request.content)["invoices"])
         if (method, path) == ("POST", "/bulk/invoices/compare"):
             return self._compare(json.loads(request.content)["invoices"])

@@ -6,16 +6,27 @@ import asyncio
 import datetime as dt
 import email.utils
 import json
+import logging
 import uuid
 from functools import partial
 
 import httpx
+import pyarrow as pa
 import pytest
 import respx
 
-from etl.client import RetryPolicy, RetryStats, gather_bounded, parse_retry_after
+from etl.client import ARROW_STREAM, RetryPolicy, RetryStats, gather_bounded, parse_retry_after
 from etl.errors import ServiceError
-from tests.etl.conftest_client import API_KEY, BASE_URL, FAST_POLICY, RecordingSleep, make_client, run
+from etl.post import invoice_table, sort_for_posting
+from tests.etl.conftest_client import (
+    API_KEY,
+    BASE_URL,
+    FAST_POLICY,
+    RecordingSleep,
+    line_rows,
+    make_client,
+    run,
+)
 
 OK_INVOICES = {"created": 1, "unchanged": 0, "lines_created": 1}
 INVOICE = {
@@ -324,6 +335,56 @@ def test_a_replayed_write_whose_response_was_lost_stores_nothing_twice(router):
     assert answer == {"created": 0, "unchanged": 1, "lines_created": 0}
     assert list(stored) == ["536365"]
     assert sum(len(i["lines"]) for i in stored.values()) == 1
+
+
+# -- Arrow invoice bodies ----------------------------------------------------------------------------
+
+
+def _invoice_table() -> pa.Table:
+    rows = [
+        {"invoice_no": "536365", "line_no": 1, "stock_code": "85123A"},
+        {"invoice_no": "536365", "line_no": 2, "stock_code": "71053", "description": None},
+        {"invoice_no": "536366", "line_no": 1, "stock_code": "22633", "customer_id": None},
+    ]
+    return invoice_table(sort_for_posting(line_rows(rows)))
+
+
+async def _post_table(table: pa.Table, sleep: RecordingSleep):
+    async with make_client(sleep=sleep) as client:
+        return await client.post_invoice_table(table), client.retry_stats
+
+
+def test_an_invoice_table_travels_as_one_arrow_stream_and_a_retry_resends_the_same_bytes(router, caplog):
+    route = router.post("/bulk/invoices").mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "1"}),
+            httpx.Response(200, json={**OK_INVOICES, "created": 2, "lines_created": 3}),
+        ]
+    )
+    table = _invoice_table()
+    sleep = RecordingSleep()
+    with caplog.at_level(logging.INFO, logger="etl.client"):
+        answer, stats = run(lambda: _post_table(table, sleep))
+
+    assert answer == {"created": 2, "unchanged": 0, "lines_created": 3}
+    assert stats.by_cause == {"503": 1} and sleep.waits == [1.0]
+    first, second = (call.request for call in route.calls)
+    assert first.headers["Content-Type"] == second.headers["Content-Type"] == ARROW_STREAM
+    assert first.headers["X-Request-ID"] == second.headers["X-Request-ID"]
+    assert first.content == second.content  # encoded once, resent as is
+    assert pa.ipc.open_stream(first.content).read_all().equals(table)
+    # The invoices are named from the table, once per logical request, with its id.
+    (logged,) = [r for r in caplog.records if hasattr(r, "invoice_nos")]
+    assert logged.invoice_nos == ["536365", "536366"]  # type: ignore[attr-defined]
+    assert logged.request_id == first.headers["X-Request-ID"]  # type: ignore[attr-defined]
+
+
+def test_a_409_to_an_arrow_body_names_the_conflicting_invoices(router):
+    router.post("/bulk/invoices").mock(
+        return_value=httpx.Response(409, json={"detail": "other content", "invoice_nos": ["536366"]})
+    )
+    with pytest.raises(ServiceError, match=r"holds invoice\(s\) 536366 with other content"):
+        run(lambda: _post_table(_invoice_table(), RecordingSleep()))
 
 
 # -- paging ------------------------------------------------------------------------------------------

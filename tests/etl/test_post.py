@@ -1,29 +1,112 @@
-"""post_lines: customers first, whole invoices in bounded batches, exact payloads, bounded concurrency."""
+"""post_lines: customers first, whole invoices in bounded batches as Arrow IPC streams, exact bodies,
+content hashes equal to the reference (dict, orjson) ones, bounded concurrency."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import itertools
-import re
+import json
 from collections import Counter
 from decimal import Decimal
+from typing import Any
 
 import httpx
+import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from api.crud import content_hash as service_content_hash
+from etl.client import ARROW_STREAM
 from etl.errors import ServiceError
 from etl.post import (
     PostReport,
+    content_hashes,
     customer_payloads,
-    invoice_payloads,
+    invoice_starts,
+    invoice_table,
     plan_invoice_batches,
     post_lines,
     sort_for_posting,
 )
-from tests.etl.conftest_client import FakeService, line_rows, make_client, run, sample_lines
+from tests.etl.conftest_client import API_KEY, FakeService, make_client, run, sample_lines
+from tests.etl.conftest_client import line_rows as shared_line_rows
 
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
-PRICE = re.compile(r"^-?\d+\.\d{3}$")
+#: The Arrow body of POST /bulk/invoices as the wire contract spells it (written out here rather than
+#: imported, so that the test checks the contract, not the implementation's own constant).
+CONTRACT_LINE = pa.struct(
+    [
+        pa.field("line_no", pa.int32(), nullable=False),
+        pa.field("stock_code", pa.string(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("quantity", pa.int64(), nullable=False),
+        pa.field("unit_price", pa.decimal128(12, 3), nullable=False),
+        pa.field("invoice_date", pa.timestamp("s"), nullable=False),
+    ]
+)
+CONTRACT_SCHEMA = pa.schema(
+    [
+        pa.field("invoice_no", pa.string(), nullable=False),
+        pa.field("invoice_date", pa.timestamp("s"), nullable=False),
+        pa.field("customer_id", pa.string()),
+        pa.field("country", pa.string(), nullable=False),
+        pa.field("lines", pa.list_(pa.field("item", CONTRACT_LINE, nullable=False)), nullable=False),
+    ]
+)
+
+
+class ArrowService(FakeService):
+    """The fake service, reading `POST /bulk/invoices` as the Arrow stream of the wire contract.
+
+    Each body must be `application/vnd.apache.arrow.stream` with exactly the contract's schema; it is
+    kept as sent (`arrow_bodies`) and handed to the fake's JSON handling in the JSON shape (ISO
+    timestamps, 3-decimal price strings), so storage, 409s and the compare-by-hash work as for JSON.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.arrow_bodies: list[bytes] = []
+
+    def _route(self, request: httpx.Request) -> httpx.Response:
+        if (request.method, request.url.path) != ("POST", "/bulk/invoices"):
+            return super()._route(request)
+        if request.headers.get("X-API-Key") != API_KEY:
+            return httpx.Response(401, json={"detail": "bad or missing API key"})
+        assert request.headers["Content-Type"] == ARROW_STREAM
+        table = pa.ipc.open_stream(request.content).read_all()
+        assert table.schema.equals(CONTRACT_SCHEMA), table.schema
+        self.arrow_bodies.append(request.content)
+        return self._bulk_invoices(_as_json_invoices(table))
+
+    def decoded_bodies(self) -> list[pa.Table]:
+        """Every invoice body sent, decoded with `pyarrow.ipc.open_stream`."""
+        return [pa.ipc.open_stream(body).read_all() for body in self.arrow_bodies]
+
+
+def _as_json_invoices(table: pa.Table) -> list[dict[str, Any]]:
+    """Arrow invoice rows in the JSON body's shape, as the service reads both the same way."""
+
+    def iso(stamp: dt.datetime) -> str:
+        return stamp.isoformat(timespec="seconds")
+
+    return [
+        {
+            **invoice,
+            "invoice_date": iso(invoice["invoice_date"]),
+            "lines": [
+                {**line, "unit_price": str(line["unit_price"]), "invoice_date": iso(line["invoice_date"])}
+                for line in invoice["lines"]
+            ],
+        }
+        for invoice in table.to_pylist()
+    ]
+
+
+def line_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """`conftest_client.line_rows` with a stock code by default: LINE_SCHEMA requires one, and the
+    shared helper leaves it null (a case of its own below)."""
+    return shared_line_rows([{"stock_code": "85123A", **row} for row in rows])
 
 
 def _post(service: FakeService, lines, **options) -> PostReport:
@@ -40,7 +123,7 @@ def lines():
 
 
 def test_posts_every_line_once_and_a_replay_changes_nothing(lines):
-    service = FakeService()
+    service = ArrowService()
     progress: list[int] = []
     first = _post(service, lines, max_lines_per_request=2000, on_progress=progress.append)
 
@@ -61,7 +144,7 @@ def test_posts_every_line_once_and_a_replay_changes_nothing(lines):
 
 
 def test_customers_are_posted_before_any_invoice(lines):
-    service = FakeService()
+    service = ArrowService()
     _post(service, lines)
     paths = [r.url.path for r in service.requests]
     assert paths[0] == "/bulk/customers"
@@ -71,7 +154,7 @@ def test_customers_are_posted_before_any_invoice(lines):
 def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lines):
     """The job's content hash equals the service's own (`api.crud.content_hash`, which the fake uses),
     so a replay posts no invoice at all; with `skip_unchanged=False` every invoice travels again."""
-    service = FakeService()
+    service = ArrowService()
     first = _post(service, lines)
     posted_once = len(service.invoice_bodies)
     second = _post(service, lines)
@@ -90,7 +173,7 @@ def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lin
 
 def test_an_invoice_changed_in_the_source_is_posted_and_refused(lines):
     """A hash that differs is not skipped: the invoice is posted, and the service's 409 fails the run."""
-    service = FakeService()
+    service = ArrowService()
     _post(service, lines)
     first_no = lines["invoice_no"][0].as_py()
     changed = lines.set_column(
@@ -104,7 +187,7 @@ def test_an_invoice_changed_in_the_source_is_posted_and_refused(lines):
 
 
 def test_invoices_are_never_split_and_batches_respect_the_line_limit(lines):
-    service = FakeService()
+    service = ArrowService()
     limit = 500
     _post(service, lines, max_lines_per_request=limit)
 
@@ -121,6 +204,10 @@ def test_invoices_are_never_split_and_batches_respect_the_line_limit(lines):
     assert set(seen) == set(sizes)
     assert max(sizes.values()) > limit  # the sample has one (592 lines): the lone-invoice case ran
     assert len(service.invoice_bodies) > 10
+    # In the Arrow bodies themselves: an invoice over the limit is the only row of its stream.
+    large = [t for t in service.decoded_bodies() if max(pc.list_value_length(t["lines"]).to_pylist()) > limit]
+    assert large and all(t.num_rows == 1 for t in large)
+    assert {len(t["lines"][0]) for t in large} == {n for n in sizes.values() if n > limit}
 
 
 def test_plan_caps_invoices_per_batch_and_keeps_big_invoices_whole():
@@ -134,7 +221,7 @@ def test_plan_caps_invoices_per_batch_and_keeps_big_invoices_whole():
     assert plan_invoice_batches(ordered.slice(0, 0), max_lines=4, max_invoices=3) == []
 
 
-def test_invoice_payload_shapes():
+def test_the_body_is_an_arrow_stream_of_exactly_the_invoices_and_their_lines():
     rows = [
         # Lines out of order in the table, and a second timestamp on line 2: invoice fields come from
         # line 1, each line keeps its own timestamp.
@@ -165,54 +252,122 @@ def test_invoice_payload_shapes():
             "customer_id": None,
         },
     ]
-    table = line_rows([{"stock_code": "X", **r} for r in rows])
-    invoices = {i["invoice_no"]: i for i in invoice_payloads(sort_for_posting(table))}
+    service = ArrowService()
+    _post(service, line_rows([{"stock_code": "X", **r} for r in rows]))
 
-    first = invoices["536365"]
-    assert {k: v for k, v in first.items() if k != "lines"} == {
-        "invoice_no": "536365",
-        "customer_id": "17850",
-        "invoice_date": "2010-12-01T08:26:00",
-        "country": "United Kingdom",
-    }
-    assert first["lines"] == [
+    (request,) = [r for r in service.requests if r.url.path == "/bulk/invoices"]
+    assert request.headers["Content-Type"] == "application/vnd.apache.arrow.stream"
+    body = pa.ipc.open_stream(request.content).read_all()
+    assert body.schema.equals(CONTRACT_SCHEMA)
+    at = dt.datetime(2010, 12, 1, 8, 26)
+    assert body.to_pylist() == [
         {
-            "line_no": 1,
-            "stock_code": "85123A",
-            "description": "WHITE HANGING HEART T-LIGHT HOLDER",
-            "quantity": 6,
-            "unit_price": "2.550",
-            "invoice_date": "2010-12-01T08:26:00",
+            "invoice_no": "536365",
+            "invoice_date": at,
+            "customer_id": "17850",
+            "country": "United Kingdom",
+            "lines": [
+                {
+                    "line_no": 1,
+                    "stock_code": "85123A",
+                    "description": "WHITE HANGING HEART T-LIGHT HOLDER",
+                    "quantity": 6,
+                    "unit_price": Decimal("2.550"),
+                    "invoice_date": at,
+                },
+                {
+                    "line_no": 2,
+                    "stock_code": "X",
+                    "description": "ITEM",
+                    "quantity": 1,
+                    "unit_price": Decimal("3.390"),
+                    "invoice_date": dt.datetime(2010, 12, 1, 8, 27),
+                },
+            ],
         },
         {
-            "line_no": 2,
-            "stock_code": "X",
-            "description": "ITEM",
-            "quantity": 1,
-            "unit_price": "3.390",
-            "invoice_date": "2010-12-01T08:27:00",
+            "invoice_no": "A563185",
+            "invoice_date": at,
+            "customer_id": None,
+            "country": "United Kingdom",
+            "lines": [
+                {
+                    "line_no": 1,
+                    "stock_code": "B",
+                    "description": "ITEM",
+                    "quantity": 1,
+                    "unit_price": Decimal("-11062.060"),
+                    "invoice_date": at,
+                }
+            ],
+        },
+        {
+            "invoice_no": "C536379",
+            "invoice_date": at,
+            "customer_id": None,
+            "country": "EIRE",
+            "lines": [
+                {
+                    "line_no": 1,
+                    "stock_code": "D",
+                    "description": None,
+                    "quantity": -1,
+                    "unit_price": Decimal("27.500"),
+                    "invoice_date": at,
+                }
+            ],
         },
     ]
-    assert invoices["C536379"]["customer_id"] is None
-    assert invoices["C536379"]["lines"][0]["description"] is None
-    assert invoices["C536379"]["lines"][0]["quantity"] == -1
-    assert invoices["A563185"]["lines"][0]["unit_price"] == "-11062.060"
 
 
-def test_all_sample_payload_values_are_strings_for_prices_and_iso_for_dates(lines):
-    service = FakeService()
+def test_the_bodies_carry_every_sample_line_exactly_once_with_exact_values(lines):
+    service = ArrowService()
     _post(service, lines, max_lines_per_request=5000)
-    every_line = [line for body in service.invoice_bodies for invoice in body for line in invoice["lines"]]
-    assert len(every_line) == lines.num_rows
-    assert all(isinstance(line["unit_price"], str) and PRICE.match(line["unit_price"]) for line in every_line)
-    assert all(ISO.match(line["invoice_date"]) for line in every_line)
-    assert all(ISO.match(i["invoice_date"]) for body in service.invoice_bodies for i in body)
-    total = sum(Decimal(line["unit_price"]) * line["quantity"] for line in every_line)
-    expected = sum(
-        Decimal(str(p)) * q
-        for p, q in zip(lines["unit_price"].to_pylist(), lines["quantity"].to_pylist(), strict=True)
+    bodies = service.decoded_bodies()
+    assert len(bodies) > 1
+    sent = pa.concat_tables(bodies)
+    # Unnest: each line with its invoice's number, in body order (invoice, then line_no).
+    flat = sent["lines"].combine_chunks()
+    parents = pc.list_parent_indices(flat)
+    sent_lines = pa.Table.from_arrays(
+        [pc.take(sent["invoice_no"], parents), *flat.flatten().flatten()],
+        names=["invoice_no", *CONTRACT_LINE.names],
     )
-    assert total == expected
+    expected = sort_for_posting(lines).select(sent_lines.column_names)
+    assert sent_lines.equals(expected.cast(sent_lines.schema))
+    # Invoice-level fields are those of each invoice's first line.
+    firsts = sort_for_posting(lines).take(pa.array(invoice_starts(sort_for_posting(lines))))
+    for name in ("invoice_no", "invoice_date", "customer_id", "country"):
+        assert sent[name].to_pylist() == firsts[name].to_pylist()
+
+
+def test_a_retry_resends_the_same_arrow_bytes():
+    service = ArrowService()
+    table = line_rows([{"invoice_no": "1", "line_no": 1}, {"invoice_no": "1", "line_no": 2}])
+    service.faults = [
+        httpx.Response(200, json={"created": 1, "existing": 0, "conflicts": []}),
+        httpx.Response(200, json={"unchanged": [], "different": [], "missing": ["1"]}),
+        httpx.Response(503, headers={"Retry-After": "0"}),  # the invoice batch's first attempt
+    ]
+    service.customers["17850"] = "United Kingdom"
+    report = _post(service, table)
+    posts = [r for r in service.requests if r.url.path == "/bulk/invoices"]
+    assert len(posts) == 2
+    assert posts[0].content == posts[1].content == service.arrow_bodies[0]
+    assert posts[0].headers["X-Request-ID"] == posts[1].headers["X-Request-ID"]
+    assert report.retries.by_cause == {"503": 1} and report.invoices_created == 1
+
+
+def test_only_the_invoices_the_service_lacks_are_in_the_body(lines):
+    """The compare-by-hash answer removes rows from the Arrow body; the count check still holds."""
+    service = ArrowService()
+    some = lines.filter(pc.is_in(lines["invoice_no"], value_set=lines["invoice_no"].unique()[:40]))
+    _post(service, some)
+    report = _post(service, lines)
+    posted = {no for body in service.decoded_bodies()[1:] for no in body["invoice_no"].to_pylist()}
+    invoices = set(lines["invoice_no"].to_pylist())
+    assert report.invoices_skipped == 40 and report.invoices_created == len(invoices) - 40
+    assert posted == invoices - set(some["invoice_no"].to_pylist())
 
 
 def test_customers_get_the_country_of_their_first_line():
@@ -231,7 +386,7 @@ def test_customers_get_the_country_of_their_first_line():
 
 
 def test_a_customer_stored_under_another_country_is_reported_not_fatal():
-    service = FakeService()
+    service = ArrowService()
     service.customers["12370"] = "Austria"
     table = line_rows([{"invoice_no": "1", "line_no": 1, "customer_id": "12370", "country": "Cyprus"}])
     report = _post(service, table)
@@ -241,20 +396,20 @@ def test_a_customer_stored_under_another_country_is_reported_not_fatal():
 
 
 def test_concurrency_is_bounded(lines):
-    service = FakeService(yields_per_request=5)
+    service = ArrowService(yields_per_request=5)
     _post(service, lines, concurrency=3, max_lines_per_request=300)
     assert len(service.invoice_bodies) > 10
     assert service.max_in_flight == 3
 
 
 def test_one_at_a_time_when_concurrency_is_one(lines):
-    service = FakeService(yields_per_request=5)
+    service = ArrowService(yields_per_request=5)
     _post(service, lines, concurrency=1, max_lines_per_request=300)
     assert service.max_in_flight == 1
 
 
 def test_a_retried_batch_shows_in_the_report():
-    service = FakeService()
+    service = ArrowService()
     table = line_rows([{"invoice_no": "1", "line_no": 1}])
     service.faults = [httpx.Response(200, json={"created": 1, "existing": 0, "conflicts": []})]  # customers
     service.customers["17850"] = "United Kingdom"
@@ -266,7 +421,7 @@ def test_a_retried_batch_shows_in_the_report():
 
 
 def test_an_invoice_stored_with_other_content_stops_the_post():
-    service = FakeService()
+    service = ArrowService()
     table = line_rows([{"invoice_no": "536365", "line_no": 1, "quantity": 6}])
     _post(service, table)
     changed = line_rows([{"invoice_no": "536365", "line_no": 1, "quantity": 7}])
@@ -275,7 +430,7 @@ def test_an_invoice_stored_with_other_content_stops_the_post():
 
 
 def test_a_short_acknowledgement_is_an_error():
-    service = FakeService()
+    service = ArrowService()
     service.faults = [
         httpx.Response(200, json={"created": 1, "existing": 0, "conflicts": []}),
         httpx.Response(200, json={"unchanged": [], "different": [], "missing": ["1", "2"]}),
@@ -289,7 +444,7 @@ def test_a_short_acknowledgement_is_an_error():
 
 
 def test_nothing_to_post_sends_nothing():
-    service = FakeService()
+    service = ArrowService()
     report = _post(service, line_rows([]))
     assert service.requests == []
     assert report.requests == 0 and report.lines_created == 0
@@ -297,4 +452,205 @@ def test_nothing_to_post_sends_nothing():
 
 def test_rejects_a_line_limit_beyond_the_service_limit(lines):
     with pytest.raises(ValueError, match="max_lines_per_request"):
-        _post(FakeService(), lines, max_lines_per_request=50_001)
+        _post(ArrowService(), lines, max_lines_per_request=50_001)
+
+
+# -- content hashes: column-wise equals the reference, per dict ---------------------------------------
+
+
+def _reference_invoices(ordered: pa.Table) -> list[dict[str, Any]]:
+    """The JSON invoice items the job used to build per line (its former `invoice_payloads`): header
+    fields from each invoice's first line, prices as 3-decimal strings, timestamps in ISO form."""
+    dates = [d and d.isoformat(timespec="seconds") for d in ordered["invoice_date"].to_pylist()]
+    prices = pc.cast(ordered["unit_price"], pa.string()).to_pylist()
+    rows = ordered.to_pylist()
+    lines = [
+        {
+            "line_no": row["line_no"],
+            "stock_code": row["stock_code"],
+            "description": row["description"],
+            "quantity": row["quantity"],
+            "unit_price": price,
+            "invoice_date": date,
+        }
+        for row, price, date in zip(rows, prices, dates, strict=True)
+    ]
+    starts = invoice_starts(ordered).tolist()
+    stops = [*starts[1:], ordered.num_rows]
+    return [
+        {
+            "invoice_no": rows[start]["invoice_no"],
+            "customer_id": rows[start]["customer_id"],
+            "invoice_date": dates[start],
+            "country": rows[start]["country"],
+            "lines": lines[start:stop],
+        }
+        for start, stop in zip(starts, stops, strict=True)
+    ]
+
+
+def _canonical(invoice: dict[str, Any]) -> list[Any]:
+    """docs/design.md "Content hash": what is hashed, in the form the JSON is written from."""
+    return [
+        invoice["invoice_no"],
+        invoice["customer_id"],
+        invoice["invoice_date"],
+        invoice["country"],
+        [
+            [
+                line["line_no"],
+                line["stock_code"],
+                line["description"],
+                line["quantity"],
+                line["unit_price"],
+                line["invoice_date"],
+            ]
+            for line in sorted(invoice["lines"], key=lambda line: line["line_no"])
+        ],
+    ]
+
+
+def _reference_hash(invoice: dict[str, Any]) -> str:
+    """The job's former per-dict `content_hash`: sha256 of orjson's compact JSON."""
+    return hashlib.sha256(orjson.dumps(_canonical(invoice))).hexdigest()
+
+
+def _json_dumps_hash(invoice: dict[str, Any]) -> str:
+    """The same hash from the definition's own encoder, `json.dumps(..., ensure_ascii=False)`."""
+    text = json.dumps(_canonical(invoice), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _service_hash(invoice: dict[str, Any]) -> str:
+    """`api.crud.content_hash`, the service's, over the same invoice."""
+    return service_content_hash(
+        invoice_no=invoice["invoice_no"],
+        customer_id=invoice["customer_id"],
+        invoice_date=dt.datetime.fromisoformat(invoice["invoice_date"]),
+        country=invoice["country"],
+        lines=[
+            (
+                line["line_no"],
+                line["stock_code"],
+                line["description"],
+                line["quantity"],
+                Decimal(line["unit_price"]),
+                dt.datetime.fromisoformat(line["invoice_date"]),
+            )
+            for line in invoice["lines"]
+        ],
+    )
+
+
+def test_content_hashes_equal_the_reference_over_the_whole_sample(lines):
+    ordered = sort_for_posting(lines)
+    reference = _reference_invoices(ordered)
+    table = invoice_table(ordered)
+    assert table["invoice_no"].to_pylist() == [invoice["invoice_no"] for invoice in reference]
+    assert content_hashes(table) == [_reference_hash(invoice) for invoice in reference]
+    # The sample has quoted descriptions and missing customers and descriptions: the escaping and null
+    # paths ran, not only the plain one.
+    descriptions = [d for d in lines["description"].to_pylist() if d is not None]
+    assert any('"' in d for d in descriptions) and lines["description"].null_count
+    assert lines["customer_id"].null_count
+
+
+def test_content_hashes_of_a_batch_slice_or_filtered_rows_are_those_of_the_same_invoices(lines):
+    ordered = sort_for_posting(lines)
+    table = invoice_table(ordered)
+    whole = content_hashes(table)
+    assert content_hashes(table.slice(7, 30)) == whole[7:37]
+    keep = [i % 3 != 1 for i in range(table.num_rows)]
+    assert content_hashes(table.filter(pa.array(keep))) == list(itertools.compress(whole, keep))
+    for batch in plan_invoice_batches(ordered, max_lines=700, max_invoices=50):
+        start = invoice_starts(ordered).tolist().index(batch.start)
+        batch_hashes = content_hashes(invoice_table(ordered.slice(batch.start, batch.lines)))
+        assert batch_hashes == whole[start : start + batch.invoices]
+    assert content_hashes(invoice_table(ordered.slice(0, 0))) == []
+    # Lines in many chunks (as a reader may give them) make the same body and hashes.
+    chunked = pa.Table.from_batches(ordered.to_batches(max_chunksize=1000))
+    assert chunked["invoice_no"].num_chunks > 1
+    assert invoice_table(chunked).equals(table) and content_hashes(invoice_table(chunked)) == whole
+
+
+NASTY_TEXTS = [
+    'SET OF 3 "VINTAGE" HEARTS',
+    "back\\slash \\n not a newline",
+    '\\"',
+    '"',
+    "tab\there",
+    "new\nline and carriage\rreturn",
+    "\x00nul \x01 \x08 \x0c \x1f",
+    "\x7f delete is not escaped",
+    "line\u2028separator\u2029",
+    "CAFÉ crème, Ελλάδα, 日本",
+    "gift 🎁 emoji 🇬🇧",
+    "",
+    " ",
+    None,
+]
+
+
+def test_content_hashes_equal_the_reference_for_nasty_strings():
+    rows = [
+        {"invoice_no": "1", "line_no": k, "description": text, "stock_code": f"S{k}"}
+        for k, text in enumerate(NASTY_TEXTS, start=1)
+    ]
+    rows += [
+        # Strings of every field JSON must escape, headers too, and a missing customer.
+        {
+            "invoice_no": 'C"2\\',
+            "line_no": 1,
+            "stock_code": 'Q"\\\t',
+            "description": None,
+            "customer_id": None,
+            "country": "Côte d'Ivoire \n",
+        },
+        {"invoice_no": "3", "line_no": 2, "customer_id": '1"\x1f', "description": '🎁\x00"\\'},
+        {"invoice_no": "3", "line_no": 1, "description": None, "country": "\\"},
+        # Nothing to escape at all (the path that returns the strings as they are).
+        {"invoice_no": "4", "line_no": 1, "description": "PLAIN", "quantity": -12, "unit_price": "0"},
+        {"invoice_no": "4", "line_no": 2, "description": None, "unit_price": "0.001"},
+    ]
+    ordered = sort_for_posting(line_rows([{"stock_code": "X", **row} for row in rows]))
+    reference = _reference_invoices(ordered)
+    got = content_hashes(invoice_table(ordered))
+    assert len(got) == 4
+    assert got == [_reference_hash(invoice) for invoice in reference]
+    assert got == [_json_dumps_hash(invoice) for invoice in reference]
+    assert got == [_service_hash(invoice) for invoice in reference]
+
+
+@pytest.mark.parametrize("text", [t for t in NASTY_TEXTS if t is not None])
+def test_each_nasty_string_alone_hashes_as_the_reference(text):
+    """One string at a time, in each string field, so a wrong escape cannot hide behind another."""
+    for field in ("description", "stock_code", "customer_id", "country", "invoice_no"):
+        row = {"invoice_no": "9", "line_no": 1, "stock_code": "X", field: text}
+        ordered = sort_for_posting(line_rows([row]))
+        (invoice,) = _reference_invoices(ordered)
+        assert content_hashes(invoice_table(ordered)) == [_reference_hash(invoice)], field
+
+
+def test_a_null_where_a_value_is_required_hashes_as_the_reference_and_is_left_to_the_service():
+    """Validated lines have none, but Arrow does not enforce nullability: such a line is hashed as the
+    reference writes it (`null`) and sent as it is, for the service to refuse by the same rules as JSON."""
+    rows = [
+        {"invoice_no": "1", "line_no": 1},  # no stock code
+        {"invoice_no": "1", "line_no": 2, "stock_code": "X"},
+        {"invoice_no": "2", "line_no": 1, "stock_code": "X", "country": None},
+    ]
+    posted = shared_line_rows(rows)
+    service = ArrowService()
+    _post(service, posted)
+    body = service.decoded_bodies()[0]
+    assert body["lines"][0][0]["stock_code"].as_py() is None and body["country"][1].as_py() is None
+    # And nulls in every other required column of one line.
+    table = posted
+    for name in ("quantity", "unit_price", "invoice_date", "line_no"):
+        column = table[name].combine_chunks()
+        nulled = pa.concat_arrays([column[:2], pa.nulls(1, column.type)])
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name), nulled)
+    for lines in (posted, table):
+        ordered = sort_for_posting(lines)
+        reference = _reference_invoices(ordered)
+        assert content_hashes(invoice_table(ordered)) == [_reference_hash(invoice) for invoice in reference]
