@@ -1,4 +1,4 @@
-"""Stage 1: load the source, in whichever shape the user holds it, into an all-string frame.
+"""Stage 1: load the source, in whichever shape the user holds it, into an all-string Arrow table.
 
 The shape is detected from the content, not the file name:
 
@@ -37,8 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -74,7 +74,7 @@ _CHUNK = 1024 * 1024
 def load_source(source: str | os.PathLike[str], *, cache_dir: Path | None = None) -> RawSource:
     """Read `source` (a local path or an http(s) URL) into a `RawSource`.
 
-    The frame holds the eight `SOURCE_COLUMNS` as strings, in that order, plus `source_row` (int64,
+    The table holds the eight `SOURCE_COLUMNS` as strings, in that order, plus `source_row` (int64,
     the 1-based data row of the line in the file; for a workbook, sheet row = `source_row + 1`).
     A URL is downloaded once into `cache_dir` (default `~/.cache/retail-etl`) and read from there.
 
@@ -100,22 +100,22 @@ def load_source(source: str | os.PathLike[str], *, cache_dir: Path | None = None
     except OSError as exc:
         raise SourceError(f"{text}: cannot read: {_one_line(exc)}") from exc
 
-    frame, shape = _read_bytes(data, text, depth=0)
-    return RawSource(frame=frame, name=text, shape=shape)
+    table, shape = _read_bytes(data, text, depth=0)
+    return RawSource(table=table, name=text, shape=shape)
 
 
 # --- shape detection ---------------------------------------------------------------------------
 
 
-def _read_bytes(data: bytes, name: str, *, depth: int) -> tuple[pd.DataFrame, str]:
-    """Dispatch on the leading bytes; returns the frame and the shape name."""
+def _read_bytes(data: bytes, name: str, *, depth: int) -> tuple[pa.Table, str]:
+    """Dispatch on the leading bytes; returns the table and the shape name."""
     if not data or data.isspace():
         raise SourceError(f"{name}: file is empty")
     if data.startswith(_GZIP_MAGIC):
         inner = _gunzip(data, name)
         del data  # the compressed bytes are not needed any more; keep peak memory down
-        frame, shape = _read_bytes(inner, name, depth=_nested(depth, name))
-        return frame, f"{shape}+gzip"
+        table, shape = _read_bytes(inner, name, depth=_nested(depth, name))
+        return table, f"{shape}+gzip"
     if data.startswith(_ZIP_MAGICS):
         return _read_zip(data, name, depth=depth)
     if data.startswith(_OLE2_MAGIC):
@@ -138,7 +138,7 @@ def _gunzip(data: bytes, name: str) -> bytes:
         raise SourceError(f"{name}: truncated or corrupt gzip file ({_one_line(exc)})") from exc
 
 
-def _read_zip(data: bytes, name: str, *, depth: int) -> tuple[pd.DataFrame, str]:
+def _read_zip(data: bytes, name: str, *, depth: int) -> tuple[pa.Table, str]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -154,8 +154,8 @@ def _read_zip(data: bytes, name: str, *, depth: int) -> tuple[pd.DataFrame, str]
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
             raise SourceError(f"{inner_name}: truncated or corrupt zip member ({_one_line(exc)})") from exc
     del data
-    frame, shape = _read_bytes(inner, inner_name, depth=_nested(depth, name))
-    return frame, f"{shape}+zip"
+    table, shape = _read_bytes(inner, inner_name, depth=_nested(depth, name))
+    return table, f"{shape}+zip"
 
 
 def _pick_member(archive: zipfile.ZipFile, name: str) -> str:
@@ -181,7 +181,7 @@ def _pick_member(archive: zipfile.ZipFile, name: str) -> str:
 # --- CSV ---------------------------------------------------------------------------------------
 
 
-def _read_csv(data: bytes, name: str) -> tuple[pd.DataFrame, str]:
+def _read_csv(data: bytes, name: str) -> tuple[pa.Table, str]:
     data = data.removeprefix(_UTF8_BOM)
     head = data[:_SNIFF_BYTES]
     if b"\x00" in head:
@@ -195,8 +195,8 @@ def _read_csv(data: bytes, name: str) -> tuple[pd.DataFrame, str]:
     del data
     if table.num_rows == 0:
         raise SourceError(f"{name}: has a header but no data rows")
-    frame = _frame_from_arrow(table)
-    return frame, _csv_flavour(frame)
+    table = _source_table(table)
+    return table, _csv_flavour(table)
 
 
 def _csv_header(data: bytes, name: str) -> list[str]:
@@ -276,18 +276,15 @@ def _parse_csv(data: bytes, columns: list[str], name: str) -> pa.Table:
         raise SourceError(f"{name}: malformed CSV: {_shorten(_one_line(exc), 200)}") from exc
 
 
-def _frame_from_arrow(table: pa.Table) -> pd.DataFrame:
-    frame = pd.DataFrame(
-        {c: pd.Series(table.column(c).to_pandas(), dtype="str") for c in SOURCE_COLUMNS},
-        copy=False,
-    )
-    frame["source_row"] = np.arange(1, table.num_rows + 1, dtype=np.int64)
-    return frame
+def _source_table(table: pa.Table) -> pa.Table:
+    """The eight source columns in order, one chunk each, plus `source_row`."""
+    columns = {c: table.column(c).combine_chunks() for c in SOURCE_COLUMNS}
+    return pa.table({**columns, "source_row": pa.array(np.arange(1, table.num_rows + 1, dtype=np.int64))})
 
 
-def _csv_flavour(frame: pd.DataFrame) -> str:
+def _csv_flavour(table: pa.Table) -> str:
     """`kaggle-csv` when the dates are month/day/year, `export-csv` when ISO (the first dated rows decide)."""
-    sample = [d.strip() for d in frame["InvoiceDate"].head(200) if d.strip()]
+    sample = [d.strip() for d in table.column("InvoiceDate").slice(0, 200).to_pylist() if d.strip()]
     kaggle = sum(1 for d in sample if _KAGGLE_DATE.match(d))
     iso = sum(1 for d in sample if _ISO_DATE.match(d))
     return "kaggle-csv" if kaggle > iso else "export-csv"
@@ -296,7 +293,9 @@ def _csv_flavour(frame: pd.DataFrame) -> str:
 # --- workbook ----------------------------------------------------------------------------------
 
 
-def _read_xlsx(data: bytes, name: str) -> pd.DataFrame:
+def _read_xlsx(data: bytes, name: str) -> pa.Table:
+    import pandas as pd  # only workbooks need it (read_excel with calamine); CSV runs skip the import
+
     try:
         with pd.ExcelFile(io.BytesIO(data), engine="calamine") as book:
             sheets = [str(s) for s in book.sheet_names]
@@ -317,15 +316,19 @@ def _read_xlsx(data: bytes, name: str) -> pd.DataFrame:
     columns = [str(c).strip() for c in cells.columns]
     _check_columns(columns, name)
     cells.columns = pd.Index(columns)
-    frame = pd.DataFrame(
-        {c: pd.Series(_convert(cells[c].tolist(), _CELL_TEXT[c]), dtype="str") for c in SOURCE_COLUMNS}
+    table = pa.table(
+        {
+            **{c: pa.array(_convert(cells[c].tolist(), _CELL_TEXT[c]), pa.string()) for c in SOURCE_COLUMNS},
+            "source_row": pa.array(np.arange(1, len(cells) + 1, dtype=np.int64)),
+        }
     )
-    frame["source_row"] = np.arange(1, len(frame) + 1, dtype=np.int64)
-    blank = (frame[list(SOURCE_COLUMNS)] == "").all(axis=1)
-    frame = frame.loc[~blank].reset_index(drop=True)  # formatting-only rows at the end of a sheet
-    if frame.empty:
+    blank = np.ones(table.num_rows, dtype=bool)
+    for c in SOURCE_COLUMNS:
+        blank &= pc.equal(table.column(c), "").to_numpy(zero_copy_only=False)
+    table = table.filter(pa.array(~blank))  # formatting-only rows at the end of a sheet
+    if table.num_rows == 0:
         raise SourceError(f"{name}: sheet {SHEET_NAME!r} has a header but no data rows")
-    return frame
+    return table.combine_chunks()
 
 
 def _convert(values: list[Any], cell_text: Callable[[Any], str]) -> list[str]:
@@ -388,7 +391,7 @@ _EXCEL_EPOCH = dt.datetime(1899, 12, 30)
 
 def _date_cell(value: Any) -> str:
     """InvoiceDate as the export writes it, `YYYY-MM-DD HH:MM:SS`."""
-    if isinstance(value, pd.Timestamp):
+    if hasattr(value, "to_pydatetime"):  # a pandas Timestamp: nanoseconds dropped, as datetime does
         value = value.to_pydatetime()
     if isinstance(value, dt.datetime):
         # Excel stores times as fractions of a day; round away float noise like 08:25:59.999998.

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
+
+if TYPE_CHECKING:  # pandas is only needed by a caller that asks for a frame
+    import pandas as pd
 
 PRICE_TYPE = pa.decimal128(12, 3)
 # quantity * unit_price summed over the whole data set fits comfortably in 18 digits.
@@ -96,12 +99,28 @@ class DayRange:
 
 @dataclass(frozen=True)
 class RawSource:
-    """The source as read: the eight columns as strings (empty string for an empty cell), plus
-    `source_row`, the 1-based data row number in the file, for tracing a reject back to its line."""
+    """The source as read: the eight `SOURCE_COLUMNS` as non-null strings (empty string for an empty
+    cell), plus `source_row` (int64), the 1-based data row number in the file, for tracing a reject back
+    to its line. Arrow, not pandas: the job never needs a frame, and importing and converting to one
+    was a fixed cost of every run."""
 
-    frame: pd.DataFrame
+    table: pa.Table
     name: str
     shape: str  # "uci-xlsx", "kaggle-csv", "export-csv", ...
+
+    @property
+    def num_rows(self) -> int:
+        """Data rows read from the source."""
+        return int(self.table.num_rows)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The rows as a pandas frame (`str` columns, int64 `source_row`), for exploring a source."""
+        import pandas as pd  # imported here: the job itself never needs pandas
+
+        frame = self.table.to_pandas()
+        for name in SOURCE_COLUMNS:
+            frame[name] = frame[name].astype("str")
+        return pd.DataFrame(frame)
 
 
 @dataclass(frozen=True)

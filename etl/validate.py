@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,7 +74,7 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     day is in `days` are returned; rejects without a parseable day are always returned. Both tables
     keep source order.
     """
-    source = _source_table(raw.frame)
+    source = _source_table(raw.table)
     if days.start is not None or days.end is not None:
         source = _rows_of_invoices_in(source, days)
     n = source.num_rows
@@ -168,18 +167,15 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
 # --- input -------------------------------------------------------------------------------------
 
 
-def _source_table(frame: pd.DataFrame) -> pa.Table:
-    """The frame as Arrow strings (missing -> ""), in source order, with `source_row` as int64."""
-    missing = [c for c in (*SOURCE_COLUMNS, "source_row") if c not in frame.columns]
+def _source_table(raw: pa.Table) -> pa.Table:
+    """The source as one-chunk strings (missing -> ""), in source order, with `source_row` as int64."""
+    missing = [c for c in (*SOURCE_COLUMNS, "source_row") if c not in raw.column_names]
     if missing:
-        raise ValueError(f"RawSource frame lacks column(s) {', '.join(missing)}")
-    columns: dict[str, pa.Array] = {}
-    for name in SOURCE_COLUMNS:
-        values = pa.array(frame[name], from_pandas=True)
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        columns[name] = pc.fill_null(values.cast(pa.string()), "")
-    source_row = pa.array(frame["source_row"], pa.int64())
+        raise ValueError(f"RawSource table lacks column(s) {', '.join(missing)}")
+    columns = {
+        name: pc.fill_null(raw.column(name).combine_chunks().cast(pa.string()), "") for name in SOURCE_COLUMNS
+    }
+    source_row = raw.column("source_row").combine_chunks().cast(pa.int64())
     table = pa.table({**columns, "source_row": source_row})
     if not np.all(np.diff(source_row.to_numpy()) > 0):
         table = table.sort_by("source_row")

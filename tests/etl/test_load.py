@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import openpyxl
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from etl import load as load_module
 from etl.errors import SourceError
 from etl.load import load_source
+from etl.pipeline import source_fingerprint
 from etl.schema import SOURCE_COLUMNS, DayRange
 from etl.validate import validate
 from tests.etl.conftest import (
@@ -54,11 +56,11 @@ def test_each_shape_is_detected_from_its_content(shapes: Shapes, name: str) -> N
 
     assert raw.shape == shapes.expected[name]
     assert raw.name == str(shapes.path(name))
-    assert list(raw.frame.columns) == [*SOURCE_COLUMNS, "source_row"]
-    assert len(raw.frame) == 8326
-    assert all(raw.frame[c].dtype == "str" for c in SOURCE_COLUMNS)
-    assert raw.frame["source_row"].dtype == np.int64
-    assert raw.frame["Description"].iloc[NON_ASCII_ROW - 1] == NON_ASCII_DESCRIPTION
+    assert list(raw.to_pandas().columns) == [*SOURCE_COLUMNS, "source_row"]
+    assert len(raw.to_pandas()) == 8326
+    assert all(raw.to_pandas()[c].dtype == "str" for c in SOURCE_COLUMNS)
+    assert raw.to_pandas()["source_row"].dtype == np.int64
+    assert raw.to_pandas()["Description"].iloc[NON_ASCII_ROW - 1] == NON_ASCII_DESCRIPTION
 
 
 @pytest.mark.parametrize("name", EXPORT_SHAPES)
@@ -67,13 +69,13 @@ def test_export_shapes_give_the_exports_exact_strings(shapes: Shapes, name: str)
     # come out as the very text the CSV export writes: "2.55", "1.0", "17850.0", "2010-12-01 08:26:00".
     raw = load_source(str(shapes.path(name)))
 
-    pd.testing.assert_frame_equal(raw.frame, expected_frame(shapes.rows))
+    pd.testing.assert_frame_equal(raw.to_pandas(), expected_frame(shapes.rows))
 
 
 def test_kaggle_csv_keeps_its_own_strings(shapes: Shapes) -> None:
     raw = load_source(str(shapes.path("data.csv")))
 
-    first = raw.frame.iloc[0]
+    first = raw.to_pandas().iloc[0]
     assert first["InvoiceDate"] == "12/1/2010 8:26"
     assert first["CustomerID"] == "17850"
     assert first["Description"] == "WHITE HANGING HEART T-LIGHT HOLDER"
@@ -99,7 +101,7 @@ def test_cells_stay_text_byte_exact(tmp_path: Path) -> None:
         b"536366,22633,,00,2010-12-01 08:28:00,1.85,,United Kingdom\n"
     )
 
-    frame = load_source(str(source)).frame
+    frame = load_source(str(source)).to_pandas()
 
     assert frame.loc[0, "StockCode"] == "NA"
     assert frame.loc[0, "Country"] == "NA"
@@ -116,7 +118,7 @@ def test_utf8_bom_and_extra_columns_are_tolerated(tmp_path: Path) -> None:
     text = SAMPLE_CSV.read_text(encoding="utf-8").splitlines()[:3]
     source.write_bytes(b"\xef\xbb\xbf" + "\n".join(f"{line},extra" for line in text).encode("utf-8") + b"\n")
 
-    frame = load_source(str(source)).frame
+    frame = load_source(str(source)).to_pandas()
 
     assert list(frame.columns) == [*SOURCE_COLUMNS, "source_row"]
     assert frame.loc[0, "InvoiceNo"] == "536365"
@@ -137,8 +139,8 @@ def test_url_is_downloaded_once_then_read_from_the_cache(
     assert file_server.hits["/online_retail.csv.gz"] == 1
     assert first.name == url
     assert first.shape == "export-csv+gzip"
-    pd.testing.assert_frame_equal(first.frame, expected_frame(shapes.rows))
-    pd.testing.assert_frame_equal(second.frame, first.frame)
+    pd.testing.assert_frame_equal(first.to_pandas(), expected_frame(shapes.rows))
+    pd.testing.assert_frame_equal(second.to_pandas(), first.to_pandas())
     cached = list(cache.iterdir())
     assert len(cached) == 1 and not cached[0].name.startswith(".")  # no temporary file left behind
     assert cached[0].read_bytes() == shapes.path("online_retail.csv.gz").read_bytes()
@@ -148,7 +150,7 @@ def test_url_of_a_zipped_workbook(shapes: Shapes, file_server: FileServer, tmp_p
     raw = load_source(f"{file_server.base_url}/online+retail.zip", cache_dir=tmp_path)
 
     assert raw.shape == "uci-xlsx+zip"
-    assert len(raw.frame) == 8326
+    assert len(raw.to_pandas()) == 8326
 
 
 def test_url_404_is_a_source_error(file_server: FileServer, tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_url_503_is_retried(shapes: Shapes, file_server: FileServer, tmp_path: P
     raw = load_source(f"{file_server.base_url}/flaky/online_retail.csv", cache_dir=tmp_path)
 
     assert file_server.hits["/flaky/online_retail.csv"] == 2
-    assert len(raw.frame) == 8326
+    assert len(raw.to_pandas()) == 8326
 
 
 def test_url_failing_every_attempt_is_a_source_error(
@@ -297,7 +299,7 @@ def test_kaggle_latin1_is_decoded_not_rejected(tmp_path: Path) -> None:
     raw = load_source(os.fspath(path))
 
     assert raw.shape == "kaggle-csv"
-    assert raw.frame.loc[0, "Description"] == "BOÎTE À THÉ £"
+    assert raw.to_pandas().loc[0, "Description"] == "BOÎTE À THÉ £"
 
 
 def test_workbook_rows_keep_their_sheet_numbering(tmp_path: Path) -> None:
@@ -315,8 +317,26 @@ def test_workbook_rows_keep_their_sheet_numbering(tmp_path: Path) -> None:
     path = tmp_path / "gap.xlsx"
     book.save(path)
 
-    frame = load_source(str(path)).frame
+    frame = load_source(str(path)).to_pandas()
 
     assert frame["InvoiceNo"].tolist() == ["536365", "536366"]
     assert frame["source_row"].tolist() == [1, 3]  # sheet row = source_row + 1
     assert frame.loc[0, "UnitPrice"] == "2.55" and frame.loc[0, "CustomerID"] == "17850.0"
+
+
+def test_source_fingerprint_names_the_content_not_the_shape_or_the_chunking(shapes: Shapes) -> None:
+    # The fingerprint names the undated-rejects file: the same rows in another shape must replace it,
+    # other rows must not.
+    fingerprints = {source_fingerprint(load_source(str(shapes.path(n))).table) for n in EXPORT_SHAPES}
+    assert len(fingerprints) == 1
+
+    table = load_source(str(shapes.path("online_retail.csv"))).table
+    rechunked = pa.Table.from_batches(table.to_batches(max_chunksize=1000))
+    assert rechunked.column("Description").num_chunks > 1
+    assert source_fingerprint(rechunked) == fingerprints.pop()
+
+    descriptions = table.column("Description").to_pylist()
+    descriptions[5000] += "!"
+    changed = table.set_column(2, "Description", pa.array(descriptions, pa.string()))
+    assert source_fingerprint(changed) != source_fingerprint(table)
+    assert source_fingerprint(table.slice(1)) != source_fingerprint(table)

@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -34,9 +33,11 @@ GOOD = {
 def raw(*rows: dict[str, str]) -> RawSource:
     """A RawSource of `GOOD` rows with the given cells changed, in the loader's exact form."""
     records = [{**GOOD, **row} for row in rows]
-    frame = pd.DataFrame({c: pd.Series([r[c] for r in records], dtype="str") for c in SOURCE_COLUMNS})
-    frame["source_row"] = np.arange(1, len(records) + 1, dtype=np.int64)
-    return RawSource(frame=frame, name="test.csv", shape="export-csv")
+    columns = {c: pa.array([r[c] for r in records], pa.string()) for c in SOURCE_COLUMNS}
+    source_row = pa.array(np.arange(1, len(records) + 1, dtype=np.int64))
+    return RawSource(
+        table=pa.table({**columns, "source_row": source_row}), name="test.csv", shape="export-csv"
+    )
 
 
 def run(*rows: dict[str, str], days: DayRange | None = None) -> ValidatedSource:
@@ -284,9 +285,10 @@ def test_timestamps_may_differ_within_a_day_and_rejected_lines_do_not_count() ->
 
 
 def test_empty_source_gives_empty_tables() -> None:
-    frame = pd.DataFrame({c: pd.Series([], dtype="str") for c in SOURCE_COLUMNS})
-    frame["source_row"] = pd.Series([], dtype=np.int64)
-    result = validate(RawSource(frame, "empty", "export-csv"), DayRange())
+    table = pa.table(
+        {**{c: pa.array([], pa.string()) for c in SOURCE_COLUMNS}, "source_row": pa.array([], pa.int64())}
+    )
+    result = validate(RawSource(table, "empty", "export-csv"), DayRange())
     assert result.lines.num_rows == 0 and result.rejects.num_rows == 0 and result.days == ()
 
 
