@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -433,6 +435,83 @@ def test_temp_files_of_a_killed_write_are_ignored_then_cleaned(
     assert not [f for f in all_files(lake) if f.endswith(".tmp")]
 
 
+def test_a_writer_failing_leaves_the_lake_as_it_was(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    before = visible_files(lake)
+    doubled = sample_snapshot.lines.set_column(
+        4, "quantity", pc.multiply(sample_snapshot.lines["quantity"], 2)
+    ).cast(LINE_SCHEMA)
+    real_write = lake_module._write_bytes
+    calls = 0
+
+    def failing_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes, directories: set[str]) -> None:
+        nonlocal calls
+        calls += 1  # several writer threads: which file fails does not matter, that one does
+        if calls == 5:
+            raise OSError("No space left on device")
+        real_write(fs, path, data, directories)
+
+    monkeypatch.setattr(lake_module, "_write_bytes", failing_write)
+    with pytest.raises(LakeError, match=r"cannot write the lake at .*No space left on device"):
+        write_sample(str(lake), snapshot_of(doubled), max_writers=3)
+
+    # Nothing moves before every file is complete: the lake is exactly the old one, without clutter.
+    assert visible_files(lake) == before
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]
+
+
+def test_writers_run_concurrently_up_to_the_limit(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = lake_module._write_bytes
+    lock = threading.Lock()
+    in_flight = peak = 0
+
+    def counting_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes, directories: set[str]) -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.02)  # long enough for the other writers to start meanwhile
+        real_write(fs, path, data, directories)
+        with lock:
+            in_flight -= 1
+
+    monkeypatch.setattr(lake_module, "_write_bytes", counting_write)
+    write_sample(str(lake / "three"), sample_snapshot, max_writers=3)
+    assert peak == 3
+    peak = 0
+    write_sample(str(lake / "one"), sample_snapshot, max_writers=1)
+    assert peak == 1
+    # How many threads wrote them changes nothing in the files.
+    assert visible_files(lake / "three") == visible_files(lake / "one")
+
+
+def test_max_writers_below_one_is_refused(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    with pytest.raises(ValueError, match="max_writers must be at least 1, got 0"):
+        write_sample(str(lake), sample_snapshot, max_writers=0)
+    assert not lake.exists()
+
+
+def test_a_rewritten_day_drops_files_of_an_older_layout(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    partition = lake / "invoice_lines" / "invoice_day=2010-12-01"
+    (partition / "part-1.parquet").write_bytes((partition / "part-0.parquet").read_bytes())
+    (partition / "_SUCCESS").write_bytes(b"")  # hidden: not a data file, not ours to judge
+    lines = sample_snapshot.lines
+    day1 = lines.filter(pc.equal(lines["invoice_day"], pa.scalar(DAY1, pa.date32())))
+
+    report = write_lake(
+        str(lake), [DAY1], snapshot_of(day1.slice(1)), REJECT_SCHEMA.empty_table(), source_fingerprint="x"
+    )
+
+    assert report.files_removed == (str(partition / "part-1.parquet"),)
+    assert sorted(p.name for p in partition.iterdir()) == ["_SUCCESS", "part-0.parquet"]
+    assert read_lake_table(str(lake), "invoice_lines", [DAY1]).equals(sorted_lines(day1.slice(1)))
+
+
 def sample_snapshot_for(snapshot: ServiceSnapshot, day: dt.date) -> ServiceSnapshot:
     return ServiceSnapshot(lines_of_day(snapshot.lines, day), snapshot.customers)
 
@@ -520,7 +599,9 @@ def test_s3_round_trip_rerun_and_report(
 
     report = write_sample(root, sample_snapshot, storage_options=s3_options)
     before = {p: b for p, b in _s3_files(bucket, s3_options).items()}
-    write_sample(root, sample_snapshot, storage_options=s3_options)
+    again = write_sample(root, sample_snapshot, storage_options=s3_options)
+    # One listing of the bucket told which files exist: each was compared, none rewritten.
+    assert again.files_written == () and len(again.files_unchanged) == 14
     location = write_run_report(root, "run-1", report.as_dict(), storage_options=s3_options)
 
     assert report.files_written[0].startswith(f"s3://{bucket}/lake/")
@@ -596,8 +677,10 @@ def test_memory_filesystem(sample_snapshot: ServiceSnapshot) -> None:
     fs, path = fsspec.core.url_to_fs(root)
     try:
         write_sample(root, sample_snapshot)
-        write_sample(root, sample_snapshot)
+        again = write_sample(root, sample_snapshot)
         write_run_report(root, "run-1", {"ok": True})
+
+        assert again.files_written == () and len(again.files_unchanged) == 14
 
         assert read_lake_table(root, "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
         assert read_lake_table(root, "invoices").num_rows == 449
