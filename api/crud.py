@@ -24,7 +24,21 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from sqlalchemy import ColumnElement, Row, Table, distinct, exists, func, insert, select, text, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    Table,
+    any_,
+    distinct,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -91,6 +105,27 @@ def _insert_ignoring_duplicates(session: Session, table: Table) -> Any:
 def _chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def _key_chunks(session: Session, keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    """`keys` in the chunks one `_among` condition takes: all at once on PostgreSQL, where they travel as
+    one array, else `IN_CHUNK` at a time (SQLite limits the number of parameters of a statement)."""
+    if session.get_bind().dialect.name == "postgresql":
+        if keys:
+            yield keys
+        return
+    yield from _chunks(keys)
+
+
+def _among(session: Session, column: InstrumentedAttribute[str], keys: Sequence[str]) -> ColumnElement[bool]:
+    """`column` is one of `keys`: `= ANY(<one text[] parameter>)` on PostgreSQL, an `IN` list elsewhere.
+
+    An `IN` list is one bound parameter per key, and psycopg parses a statement with 5,000 of them in
+    Python for every execution: that took about a fifth of the service's time in a full-data bulk load.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(cast_(list(keys), postgresql.ARRAY(String)))
+    return column.in_(keys)
 
 
 def content_hash(
@@ -168,11 +203,11 @@ def _lines_of(session: Session, invoice_nos: Sequence[str]) -> dict[str, list[Li
     (not one query per invoice)."""
     lines: dict[str, list[LineTuple]] = {invoice_no: [] for invoice_no in invoice_nos}
     _look_lines_up_by_key(session)
-    for chunk in _chunks(list(lines)):
+    for chunk in _key_chunks(session, list(lines)):
         # Core execution on the session's connection: plain rows, without the ORM's loading layer.
         rows = session.connection().execute(
             select(InvoiceLine.invoice_no, *_LINE_COLUMNS)
-            .where(InvoiceLine.invoice_no.in_(chunk))
+            .where(_among(session, InvoiceLine.invoice_no, chunk))
             .order_by(InvoiceLine.invoice_no, InvoiceLine.line_no)
         )
         # This loop runs once per line of the page (up to ~100,000): tuples, no per-line dict.
@@ -317,8 +352,10 @@ def _stored_values(
 ) -> dict[str, str]:
     """`{key: value}` of the stored rows whose `key` is among `keys`, read with chunked `IN` lists."""
     stored: dict[str, str] = {}
-    for chunk in _chunks(keys):
-        stored.update({row[0]: row[1] for row in session.execute(select(key, value).where(key.in_(chunk)))})
+    for chunk in _key_chunks(session, keys):
+        stored.update(
+            {row[0]: row[1] for row in session.execute(select(key, value).where(_among(session, key, chunk)))}
+        )
     return stored
 
 
@@ -668,8 +705,10 @@ def _require_customers(
 ) -> None:
     wanted = sorted({customer_id for customer_id in customer_ids if customer_id is not None})
     known: set[str] = set()
-    for chunk in _chunks(wanted):
-        known.update(session.scalars(select(Customer.customer_id).where(Customer.customer_id.in_(chunk))))
+    for chunk in _key_chunks(session, wanted):
+        known.update(
+            session.scalars(select(Customer.customer_id).where(_among(session, Customer.customer_id, chunk)))
+        )
     for index, customer_id in enumerate(customer_ids):
         if customer_id is not None and customer_id not in known:
             raise unknown_customer(index, customer_id)

@@ -52,6 +52,7 @@ from etl.schema import (
     LINE_SCHEMA,
     REJECT_SCHEMA,
     ServiceSnapshot,
+    is_sorted,
 )
 
 __all__ = ["TABLES", "LakeReport", "filesystem", "read_lake_table", "write_lake", "write_run_report"]
@@ -249,30 +250,13 @@ def read_lake_table(
         raise LakeError(f"cannot read lake table {table} at {root}: {_one_line(exc)}") from exc
     result = result.combine_chunks()
     names = (PARTITION_COLUMN, *_SORT_KEYS[table])
-    if _in_order(result, names):
+    if is_sorted(result, names):
         # The usual case: the scan yields the day directories in path (= date) order and each file
         # is sorted by the key, so sorting would only copy every row. (The sort is stable: on rows
         # already in order it changes nothing.)
         return result
     order = pc.sort_indices(result, sort_keys=[(k, "ascending", "at_end") for k in names])
     return result.take(order).combine_chunks()
-
-
-def _in_order(table: pa.Table, keys: Sequence[str]) -> bool:
-    """Whether the rows of `table` are already in ascending order of `keys` (False when a key has nulls)."""
-    count = table.num_rows
-    if count < 2:
-        return True
-    if any(table[key].null_count for key in keys):
-        return False  # where nulls go is the sort's business (rejects without a day: rare)
-    before: Any = None  # per pair of neighbouring rows: decided "in order" by an earlier key
-    tied: Any = None  # per pair: equal on every key so far
-    for key in keys:
-        previous, following = table[key].slice(0, count - 1), table[key].slice(1)
-        less, equal = pc.less(previous, following), pc.equal(previous, following)
-        before = less if before is None else pc.or_(before, pc.and_(tied, less))
-        tied = equal if tied is None else pc.and_(tied, equal)
-    return bool(pc.all(pc.or_(before, tied)).as_py())
 
 
 def write_run_report(
@@ -351,7 +335,7 @@ def _sorted_by_day(table: pa.Table, name: str) -> pa.Table:
     """`table` sorted by day, then its key, in one chunk: each day's slice is then one chunk too."""
     names = (PARTITION_COLUMN, *_SORT_KEYS[name])
     table = table.combine_chunks()
-    if _in_order(table, names):
+    if is_sorted(table, names):
         return table  # as the service's read-back delivers lines: a (stable) sort would change nothing
     return table.sort_by([(k, "ascending") for k in names]).combine_chunks()
 

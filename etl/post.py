@@ -207,12 +207,33 @@ def customer_payloads(lines: pa.Table) -> list[dict[str, Any]]:
 
 
 def sort_for_posting(lines: pa.Table) -> pa.Table:
-    """The lines in `(invoice_no, line_no)` order: every invoice contiguous, its lines in order."""
+    """The lines with every invoice contiguous and its lines in `line_no` order: as given when they
+    already are (the job's lines come in `LINE_ORDER`), else sorted by `(invoice_no, line_no)`."""
     missing = [name for name in LINE_SCHEMA.names if name not in lines.column_names]
     if missing:
         raise ValueError(f"lines lack column(s) {', '.join(missing)} of LINE_SCHEMA")
+    lines = lines.select(LINE_SCHEMA.names)
+    if _invoices_contiguous(lines):
+        return lines
     # Sorting by invoice number alone (not day first) makes each invoice one run of rows by construction.
-    return lines.select(LINE_SCHEMA.names).sort_by([("invoice_no", "ascending"), ("line_no", "ascending")])
+    return lines.sort_by([("invoice_no", "ascending"), ("line_no", "ascending")])
+
+
+def _invoices_contiguous(lines: pa.Table) -> bool:
+    """Whether each invoice is one run of rows with increasing `line_no`."""
+    n = lines.num_rows
+    if n < 2:
+        return True
+    if lines["invoice_no"].null_count or lines["line_no"].null_count:
+        return False  # the sort decides where nulls go; the service refuses them
+    starts = invoice_starts(lines)
+    if len(starts) != pc.count_distinct(lines["invoice_no"]).as_py():
+        return False  # some invoice comes back after another one
+    line_nos = lines["line_no"].combine_chunks()
+    increasing = pc.greater(line_nos.slice(1), line_nos.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    within = np.ones(n - 1, dtype=bool)
+    within[starts[1:] - 1] = False  # a new invoice may start at any line_no
+    return bool(np.all(increasing | ~within))
 
 
 def invoice_starts(ordered: pa.Table) -> np.ndarray:

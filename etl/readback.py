@@ -18,7 +18,14 @@ import pyarrow.compute as pc
 
 from etl.client import RetailClient, gather_bounded
 from etl.errors import ServiceError
-from etl.schema import CUSTOMER_SCHEMA, LINE_SCHEMA, PRICE_TYPE, TIMESTAMP_TYPE, ServiceSnapshot
+from etl.schema import (
+    CUSTOMER_SCHEMA,
+    LINE_SCHEMA,
+    PRICE_TYPE,
+    TIMESTAMP_TYPE,
+    ServiceSnapshot,
+    in_line_order,
+)
 
 #: Longest span of days walked by one cursor chain: short enough that a long run of consecutive days
 #: still gives several chains to walk at once, long enough that a typical span is one page.
@@ -45,9 +52,7 @@ async def read_back(
     line_tables = await gather_bounded(line_jobs, concurrency)
     customer_pages = await gather_bounded(customer_jobs, concurrency)
 
-    lines = pa.concat_tables([LINE_SCHEMA.empty_table(), *line_tables]).sort_by(
-        [("invoice_day", "ascending"), ("invoice_no", "ascending"), ("line_no", "ascending")]
-    )
+    lines = in_line_order(pa.concat_tables([LINE_SCHEMA.empty_table(), *line_tables]))
     return ServiceSnapshot(lines=lines, customers=_customer_table(customer_pages))
 
 

@@ -7,10 +7,12 @@ Money is `decimal128(12, 3)` everywhere: the source has at most three decimals a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:  # pandas is only needed by a caller that asks for a frame
     import pandas as pd
@@ -138,3 +140,34 @@ class ServiceSnapshot:
 
     lines: pa.Table
     customers: pa.Table
+
+
+#: The order of lines after validation, everywhere: posting, the read-back, the lake, reconciliation.
+#: An invoice has one day, so each invoice is one run of rows in this order.
+LINE_ORDER: tuple[str, ...] = ("invoice_day", "invoice_no", "line_no")
+
+
+def is_sorted(table: pa.Table, keys: Sequence[str]) -> bool:
+    """Whether the rows of `table` are already in ascending order of `keys` (False when a key has nulls)."""
+    count = table.num_rows
+    if count < 2:
+        return True
+    if any(table[key].null_count for key in keys):
+        return False  # where nulls go is the sort's business
+    before: pa.ChunkedArray | None = None  # per neighbouring pair: "in order" by an earlier key
+    tied: pa.ChunkedArray | None = None  # per pair: equal on every key so far
+    for key in keys:
+        previous, following = table[key].slice(0, count - 1), table[key].slice(1)
+        less, equal = pc.less(previous, following), pc.equal(previous, following)
+        before = less if before is None or tied is None else pc.or_(before, pc.and_(tied, less))
+        tied = equal if tied is None else pc.and_(tied, equal)
+    assert before is not None and tied is not None
+    return bool(pc.all(pc.or_(before, tied)).as_py())
+
+
+def in_line_order(lines: pa.Table) -> pa.Table:
+    """`lines` sorted by `LINE_ORDER`, or `lines` itself when already so: a check is a few vector
+    comparisons, a sort of the full data set a tenth of a second per copy."""
+    if is_sorted(lines, LINE_ORDER):
+        return lines
+    return lines.sort_by([(key, "ascending") for key in LINE_ORDER])

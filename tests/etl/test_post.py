@@ -654,3 +654,28 @@ def test_a_null_where_a_value_is_required_hashes_as_the_reference_and_is_left_to
         ordered = sort_for_posting(lines)
         reference = _reference_invoices(ordered)
         assert content_hashes(invoice_table(ordered)) == [_reference_hash(invoice) for invoice in reference]
+
+
+def test_lines_already_grouped_by_invoice_are_posted_in_their_order_and_others_are_sorted():
+    grouped = line_rows(
+        [
+            {"invoice_no": "9", "line_no": 1},
+            {"invoice_no": "9", "line_no": 2},
+            {"invoice_no": "1", "line_no": 1},
+            {"invoice_no": "5", "line_no": 1},
+        ]
+    )
+    assert sort_for_posting(grouped).equals(grouped.select(sort_for_posting(grouped).column_names))
+
+    split = line_rows(
+        [
+            {"invoice_no": "9", "line_no": 1},
+            {"invoice_no": "1", "line_no": 1},
+            {"invoice_no": "9", "line_no": 2},
+        ]
+    )
+    backwards = line_rows([{"invoice_no": "9", "line_no": 2}, {"invoice_no": "9", "line_no": 1}])
+    for table in (split, backwards):
+        ordered = sort_for_posting(table)
+        keys = list(zip(ordered["invoice_no"].to_pylist(), ordered["line_no"].to_pylist(), strict=True))
+        assert keys == sorted(keys)

@@ -12,7 +12,7 @@ import pytest
 
 from etl.errors import ReconciliationError
 from etl.reconcile import reconcile
-from etl.schema import LINE_SCHEMA
+from etl.schema import LINE_ORDER, LINE_SCHEMA, in_line_order
 from tests.etl.conftest_client import line_rows, sample_lines
 
 DAY1 = "2010-12-01"
@@ -217,3 +217,15 @@ def test_schema_differences_in_nullability_or_column_order_do_not_matter(source)
 def test_a_table_without_a_line_schema_column_is_refused(source):
     with pytest.raises(ValueError, match="service lines lack column"):
         reconcile(source, source.drop_columns(["unit_price"]))
+
+
+def test_line_order_sorts_once_and_differences_in_line_order_are_still_found(source):
+    ordered = in_line_order(source.take(pa.array(list(range(source.num_rows - 1, -1, -1)))))
+    keys = list(zip(*(ordered[k].to_pylist() for k in LINE_ORDER), strict=True))
+    assert keys == sorted(keys)
+    assert in_line_order(ordered) is ordered  # already in order: not sorted again
+    # Both sides in line order take the equal-tables path; one changed cell must still be caught.
+    row = _row_of(ordered, "536365", 1)
+    changed = _replace(ordered, row, "quantity", ordered["quantity"][row].as_py() + 1)
+    _fails(reconcile(ordered, changed), "536365")
+    assert reconcile(ordered, ordered).ok
