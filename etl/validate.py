@@ -23,7 +23,7 @@ service stores those once per invoice); otherwise every line of the invoice is r
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -86,10 +86,10 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     stock_code = stripped["StockCode"]
     description = text["Description"]
     country = stripped["Country"]
-    quantity, quantity_problems = _quantity(stripped["Quantity"])
-    unit_price, price_problems = _unit_price(stripped["UnitPrice"])
+    quantity, quantity_problems = _per_distinct(_quantity, stripped["Quantity"])
+    unit_price, price_problems = _per_distinct(_unit_price, stripped["UnitPrice"])
     invoice_date, invoice_day, date_ok = _invoice_date(stripped["InvoiceDate"])
-    customer_id, customer_problems = _customer_id(stripped["CustomerID"])
+    customer_id, customer_problems = _per_distinct(_customer_id, stripped["CustomerID"])
 
     # Each rule: (violated mask, reason for the rows it flags); reasons are built for those rows only.
     rules: list[tuple[pa.Array, _Reason]] = [
@@ -234,7 +234,23 @@ def _too_long(column: str, limit: int) -> _Reason:
     return _Reason(f"{column} longer than {limit} characters")
 
 
-def _quantity(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason]]]:
+#: A parsed column and its problems: (rows flagged, reason) per rule.
+_Checked = tuple[pa.Array, list[tuple[pa.Array, _Reason]]]
+
+
+def _per_distinct(check: Callable[[pa.Array], _Checked], value: pa.Array) -> _Checked:
+    """`check` run once per distinct text of `value`, its values and masks spread back to every row.
+
+    The full data set's 541,909 rows hold ~700 distinct quantities, ~1,600 prices and ~4,400 customer
+    ids, so the regexes run over a few thousand texts instead of every row.
+    """
+    encoded = pc.dictionary_encode(value)
+    parsed, problems = check(encoded.dictionary)
+    rows = encoded.indices
+    return parsed.take(rows), [(mask.take(rows), reason) for mask, reason in problems]
+
+
+def _quantity(value: pa.Array) -> _Checked:
     """int64 quantities; `6.0` is the integer 6, `6.5` is not an integer, `abc` is not a number."""
     integral = pc.match_substring_regex(value, r"^[+-]?\d+(\.0*)?$")
     numeric = pc.match_substring_regex(value, r"^[+-]?(\d+\.?\d*|\.\d+)$")
@@ -258,7 +274,7 @@ def _quantity(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason]]
     return quantity, problems
 
 
-def _unit_price(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason]]]:
+def _unit_price(value: pa.Array) -> _Checked:
     """decimal128(12, 3) prices parsed from their text, never through a float."""
     parts = pc.extract_regex(value, r"^(?P<sign>[+-]?)(?P<int>\d*)(?:\.(?P<frac>\d*))?$")
     has_digit = pc.match_substring_regex(value, r"\d")
@@ -344,7 +360,7 @@ def _parse_invoice_dates(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]
     return timestamp, invoice_day, valid
 
 
-def _customer_id(value: pa.Array) -> tuple[pa.Array, list[tuple[pa.Array, _Reason]]]:
+def _customer_id(value: pa.Array) -> _Checked:
     """`17850.0` (export) and `17850` (Kaggle, workbook) are the same customer `17850`; empty is none."""
     empty = _is_empty(value)
     digits = pc.match_substring_regex(value, r"^\d+(\.0*)?$")
