@@ -120,7 +120,7 @@ def line_rows(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(full, schema=LINE_SCHEMA)
 
 
-def _service_hash(invoice: dict[str, Any]) -> str:
+def service_hash(invoice: dict[str, Any]) -> str:
     """`api.crud.content_hash` (the service's) of an invoice in this fake's stored form."""
     return content_hash(
         invoice_no=invoice["invoice_no"],
@@ -284,7 +284,7 @@ class FakeService:
             stored = self.invoices.get(invoice_no)
             if stored is None:
                 answer["missing"].append(invoice_no)
-            elif _service_hash(stored) == hashes[invoice_no]:
+            elif service_hash(stored) == hashes[invoice_no]:
                 answer["unchanged"].append(invoice_no)
             else:
                 answer["different"].append(invoice_no)

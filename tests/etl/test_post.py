@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from api.crud import content_hash as service_content_hash
 from etl.client import ARROW_STREAM
 from etl.errors import ServiceError
 from etl.post import (
@@ -30,7 +29,7 @@ from etl.post import (
     post_lines,
     sort_for_posting,
 )
-from tests.etl.conftest_client import API_KEY, FakeService, make_client, run, sample_lines
+from tests.etl.conftest_client import API_KEY, FakeService, make_client, run, sample_lines, service_hash
 from tests.etl.conftest_client import line_rows as shared_line_rows
 
 #: The Arrow body of POST /bulk/invoices as the wire contract spells it (written out here rather than
@@ -521,27 +520,6 @@ def _json_dumps_hash(invoice: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _service_hash(invoice: dict[str, Any]) -> str:
-    """`api.crud.content_hash`, the service's, over the same invoice."""
-    return service_content_hash(
-        invoice_no=invoice["invoice_no"],
-        customer_id=invoice["customer_id"],
-        invoice_date=dt.datetime.fromisoformat(invoice["invoice_date"]),
-        country=invoice["country"],
-        lines=[
-            (
-                line["line_no"],
-                line["stock_code"],
-                line["description"],
-                line["quantity"],
-                Decimal(line["unit_price"]),
-                dt.datetime.fromisoformat(line["invoice_date"]),
-            )
-            for line in invoice["lines"]
-        ],
-    )
-
-
 def test_content_hashes_equal_the_reference_over_the_whole_sample(lines):
     ordered = sort_for_posting(lines)
     reference = _reference_invoices(ordered)
@@ -618,7 +596,7 @@ def test_content_hashes_equal_the_reference_for_nasty_strings():
     assert len(got) == 4
     assert got == [_reference_hash(invoice) for invoice in reference]
     assert got == [_json_dumps_hash(invoice) for invoice in reference]
-    assert got == [_service_hash(invoice) for invoice in reference]
+    assert got == [service_hash(invoice) for invoice in reference]
 
 
 @pytest.mark.parametrize("text", [t for t in NASTY_TEXTS if t is not None])
