@@ -1,0 +1,140 @@
+"""Where the CPU goes: one job run through the service, with CPU seconds per process.
+
+    .venv/bin/python benchmarks/cpu_by_process.py [--source PATH] [--start DAY --end DAY] [--workers N]
+
+Starts the service (uvicorn) on a fresh PostgreSQL database, runs `retail-etl run` into an empty lake,
+then runs it again over the same range (everything stored), and prints for each run: wall seconds, the
+job's CPU seconds (its own rusage), the service's (every process of its tree), PostgreSQL's (every
+`postgres` process on the machine, sampled while the job runs, so a backend that exits is still counted),
+and the stage seconds of the run report. `benchmarks/full_dataset.py` gives the medians against the
+targets; this script tells which process to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE  # noqa: E402
+from tests.support.postgres import temporary_database  # noqa: E402
+from tests.support.service import live_service  # noqa: E402
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _tree_cpu(root: psutil.Process) -> float:
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            total += _cpu(process)
+    return total
+
+
+def _postgres_cpu() -> dict[int, float]:
+    seen: dict[int, float] = {}
+    for process in psutil.process_iter(["name"]):
+        try:
+            if (process.info["name"] or "").startswith("postgres"):
+                seen[process.pid] = _cpu(process)
+        except psutil.Error:
+            pass
+    return seen
+
+
+class PostgresCpu:
+    """CPU seconds used by PostgreSQL's processes between `__enter__` and `__exit__`."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.before: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PostgresCpu:
+        self.before = _postgres_cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.last.update(_postgres_cpu())
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.last.update(_postgres_cpu())
+            time.sleep(self.interval)
+
+    @property
+    def seconds(self) -> float:
+        """CPU seconds of every postgres process seen, less what each had used at the start."""
+        return sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def run_once(args: argparse.Namespace, url: str, lake: Path, service: psutil.Process) -> str:
+    """One `retail-etl run`; returns its line of figures."""
+    command = [sys.executable, "-m", "etl.cli", "run", "--source", str(args.source), "--api-url", url]
+    command += ["--lake", str(lake)]
+    if args.start and args.end:
+        command += ["--start", args.start.isoformat(), "--end", args.end.isoformat()]
+    env = {**os.environ, "RETAIL_API_KEY": API_KEY}
+    service_before = _tree_cpu(service)
+    with PostgresCpu() as postgres:
+        started = time.perf_counter()
+        job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert job.stderr is not None
+        stderr = job.stderr.read()
+        _, status, usage = os.wait4(job.pid, 0)
+        wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"the job failed:\n{stderr.decode(errors='replace')[-2000:]}")
+    report_path = max((lake / "_runs").glob("*.json"), key=lambda path: path.stat().st_mtime)
+    report = json.loads(report_path.read_text())
+    stages = " ".join(f"{name} {seconds:.2f}" for name, seconds in report["seconds"].items())
+    return (
+        f"wall {wall:.2f} s; CPU s: job {usage.ru_utime + usage.ru_stime:.2f}, "
+        f"service {_tree_cpu(service) - service_before:.2f}, PostgreSQL {postgres.seconds:.2f}; "
+        f"{report['counts'].get('lines', 0):,} lines, {report['status']}; stages: {stages}"
+    )
+
+
+def main() -> None:
+    """Run the job twice against a fresh service and print CPU seconds per process."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=None)
+    parser.add_argument("--end", type=dt.date.fromisoformat, default=None)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the service")
+    args = parser.parse_args()
+    with (
+        temporary_database("retail_cpu") as database_url,
+        tempfile.TemporaryDirectory() as tmp,
+        live_service(database_url, api_key=API_KEY, workers=args.workers) as service,
+    ):
+        tree = psutil.Process(service.process.pid)
+        for label in ("first run", "rerun"):
+            print(f"{label}: {run_once(args, service.url, Path(tmp) / 'lake', tree)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
