@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from api import crud, models, schemas
-from api.arrow_pages import ARROW_STREAM, PRICE
+from api.arrow_pages import ARROW_STREAM, LINE_STRUCT, PRICE, TIMESTAMP
 
 #: The columns of an invoice row and of a line struct, in the contract's order.
 INVOICE_FIELDS = ("invoice_no", "invoice_date", "customer_id", "country", "lines")
@@ -34,19 +34,9 @@ LINE_FIELDS = ("line_no", "stock_code", "description", "quantity", "unit_price",
 #: Fields that may be null; all others are required.
 NULLABLE = {"customer_id", "description", "lines.invoice_date"}
 
-TIMESTAMP = pa.timestamp("us")
-#: Lines as `crud.store_invoices` gets them: `invoice` is the position of the line's invoice in the body.
-STORED_LINE_SCHEMA = pa.schema(
-    [
-        pa.field("invoice", pa.int64(), nullable=False),
-        pa.field("line_no", pa.int32(), nullable=False),
-        pa.field("stock_code", pa.string(), nullable=False),
-        pa.field("description", pa.string()),
-        pa.field("quantity", pa.int64(), nullable=False),
-        pa.field("unit_price", PRICE, nullable=False),
-        pa.field("invoice_date", TIMESTAMP, nullable=False),
-    ]
-)
+#: Lines as `crud.store_invoices` gets them: `invoice` is the position of the line's invoice in the body,
+#: then the read-back page's line fields and types (timestamps in microseconds).
+STORED_LINE_SCHEMA = pa.schema([pa.field("invoice", pa.int64(), nullable=False), *LINE_STRUCT])
 
 #: The first and last instants a Python datetime (and the JSON path) can carry, in microseconds.
 _MIN_US = (dt.datetime.min - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
@@ -472,32 +462,40 @@ def _present(arrays: dict[str, pa.Array | None]) -> dict[str, pa.Array]:
     return {name: array for name, array in arrays.items() if array is not None}
 
 
+#: The string fields' constraints, as the JSON schemas (api/schemas.py) declare them:
+#: (field, min length, max length, pattern); nullable when in `NULLABLE`.
+_HEADER_STRINGS = (
+    ("invoice_no", 1, models.INVOICE_NO_LENGTH, schemas.INVOICE_NO_PATTERN),
+    ("customer_id", 1, models.CUSTOMER_ID_LENGTH, schemas.CUSTOMER_ID_PATTERN),
+    ("country", 1, models.COUNTRY_LENGTH, schemas.COUNTRY_PATTERN),
+)
+_LINE_STRINGS = (
+    ("stock_code", 1, models.STOCK_CODE_LENGTH, schemas.STOCK_CODE_PATTERN),
+    ("description", 0, models.DESCRIPTION_LENGTH, schemas.DESCRIPTION_PATTERN),
+)
+
+
+def _check_strings(
+    columns: dict[str, _Column],
+    rules: tuple[tuple[str, int, int, str], ...],
+    found: _Errors,
+) -> None:
+    for name, min_length, max_length, pattern in rules:
+        _check_string(
+            columns[name],
+            found,
+            min_length=min_length,
+            max_length=max_length,
+            pattern=pattern,
+            nullable=name in NULLABLE,
+        )
+
+
 def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found: _Errors) -> None:
-    _check_string(
-        columns["invoice_no"],
-        found,
-        min_length=1,
-        max_length=models.INVOICE_NO_LENGTH,
-        pattern=schemas.INVOICE_NO_PATTERN,
-        nullable=False,
-    )
+    # Errors come out in the order of the JSON body's fields: invoice_no, invoice_date, then the others.
+    _check_strings(columns, _HEADER_STRINGS[:1], found)
     _check_timestamp(columns["invoice_date"], found, nullable=False)
-    _check_string(
-        columns["customer_id"],
-        found,
-        min_length=1,
-        max_length=models.CUSTOMER_ID_LENGTH,
-        pattern=schemas.CUSTOMER_ID_PATTERN,
-        nullable=True,
-    )
-    _check_string(
-        columns["country"],
-        found,
-        min_length=1,
-        max_length=models.COUNTRY_LENGTH,
-        pattern=schemas.COUNTRY_PATTERN,
-        nullable=False,
-    )
+    _check_strings(columns, _HEADER_STRINGS[1:], found)
     line_no = lines["line_no"]
     _check_required(line_no, found, "int_type", "Input should be a valid integer")
     line_no.report(
@@ -514,22 +512,7 @@ def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found:
         f"Input should be less than or equal to {schemas.INT32_MAX}",
         le=schemas.INT32_MAX,
     )
-    _check_string(
-        lines["stock_code"],
-        found,
-        min_length=1,
-        max_length=models.STOCK_CODE_LENGTH,
-        pattern=schemas.STOCK_CODE_PATTERN,
-        nullable=False,
-    )
-    _check_string(
-        lines["description"],
-        found,
-        min_length=0,
-        max_length=models.DESCRIPTION_LENGTH,
-        pattern=schemas.DESCRIPTION_PATTERN,
-        nullable=True,
-    )
+    _check_strings(lines, _LINE_STRINGS, found)
     _check_required(lines["quantity"], found, "int_type", "Input should be a valid integer")
     price = lines["unit_price"]
     _check_required(
