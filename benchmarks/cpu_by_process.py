@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +26,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE  # noqa: E402
+from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE, run_job  # noqa: E402
 from tests.support.postgres import temporary_database  # noqa: E402
 from tests.support.service import live_service  # noqa: E402
 
@@ -91,28 +88,14 @@ class PostgresCpu:
 
 def run_once(args: argparse.Namespace, url: str, lake: Path, service: psutil.Process) -> str:
     """One `retail-etl run`; returns its line of figures."""
-    command = [sys.executable, "-m", "etl.cli", "run", "--source", str(args.source), "--api-url", url]
-    command += ["--lake", str(lake)]
-    if args.start and args.end:
-        command += ["--start", args.start.isoformat(), "--end", args.end.isoformat()]
-    env = {**os.environ, "RETAIL_API_KEY": API_KEY}
     service_before = _tree_cpu(service)
     with PostgresCpu() as postgres:
-        started = time.perf_counter()
-        job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert job.stderr is not None
-        stderr = job.stderr.read()
-        _, status, usage = os.wait4(job.pid, 0)
-        wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"the job failed:\n{stderr.decode(errors='replace')[-2000:]}")
-    report_path = max((lake / "_runs").glob("*.json"), key=lambda path: path.stat().st_mtime)
-    report = json.loads(report_path.read_text())
-    stages = " ".join(f"{name} {seconds:.2f}" for name, seconds in report["seconds"].items())
+        run = run_job(args.source, url, lake, start=args.start, end=args.end)
+    stages = " ".join(f"{name} {seconds:.2f}" for name, seconds in run.report["seconds"].items())
     return (
-        f"wall {wall:.2f} s; CPU s: job {usage.ru_utime + usage.ru_stime:.2f}, "
+        f"wall {run.seconds:.2f} s; CPU s: job {run.cpu_seconds:.2f}, "
         f"service {_tree_cpu(service) - service_before:.2f}, PostgreSQL {postgres.seconds:.2f}; "
-        f"{report['counts'].get('lines', 0):,} lines, {report['status']}; stages: {stages}"
+        f"{run.lines:,} lines, {run.report['status']}; stages: {stages}"
     )
 
 

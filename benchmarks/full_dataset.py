@@ -106,6 +106,8 @@ class JobRun:
     seconds: float
     peak_rss: int
     report: dict[str, Any]
+    #: User + system CPU seconds of the job process.
+    cpu_seconds: float = 0.0
 
     @property
     def lines(self) -> int:
@@ -206,7 +208,7 @@ def run_job(
     report = json.loads(report_path.read_text())
     if report["status"] != "reconciled":
         sys.exit(f"the job ended {report['status']!r}")
-    return JobRun(seconds, usage.ru_maxrss * 1024, report)
+    return JobRun(seconds, usage.ru_maxrss * 1024, report, usage.ru_utime + usage.ru_stime)
 
 
 def one_repeat(args: argparse.Namespace, days: list[dt.date], per_day: dict[dt.date, int]) -> dict[str, Any]:
