@@ -30,21 +30,17 @@ from etl.client import (
     gather_bounded,
 )
 from etl.errors import ServiceError
-from etl.schema import LINE_SCHEMA, PRICE_TYPE, TIMESTAMP_TYPE
+from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
 
 #: How the service reads a naive timestamp (docs/design.md: naive local time, ISO form, no zone).
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 
 #: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
-#: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`).
+#: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
 LINE_BODY_TYPE = pa.struct(
     [
-        pa.field("line_no", pa.int32(), nullable=False),
-        pa.field("stock_code", pa.string(), nullable=False),
-        pa.field("description", pa.string()),
-        pa.field("quantity", pa.int64(), nullable=False),
-        pa.field("unit_price", PRICE_TYPE, nullable=False),
-        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+        LINE_SCHEMA.field(name)
+        for name in ("line_no", "stock_code", "description", "quantity", "unit_price", "invoice_date")
     ]
 )
 
