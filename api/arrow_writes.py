@@ -81,11 +81,9 @@ def _read_table(body: bytes) -> pa.Table:
         batches = []
         rows = 0
         for message in messages:
-            metadata = message.metadata.to_pybytes()
-            kind = _header_type(metadata)
-            if kind != _RECORD_BATCH:
+            if message.type != "record batch":
                 raise ValueError(f"a {message.type} message: only record batches are accepted")
-            if _is_compressed(metadata):
+            if _is_compressed(message.metadata.to_pybytes()):
                 raise ValueError("compressed record batches are not accepted")
             batch = pa.ipc.read_record_batch(message, schema)
             # Full validation (offsets within buffers, UTF-8, decimal precision): the kernels below trust
@@ -104,9 +102,8 @@ def _read_table(body: bytes) -> pa.Table:
         ) from error
 
 
-# The few fields of Arrow's message flatbuffers (format/Message.fbs) read here: Message.header_type (1),
-# Message.header (2), RecordBatch.compression (3); the header union's RecordBatch member is 3.
-_RECORD_BATCH = 3
+# pyarrow does not say whether a message's buffers are compressed, so the one flag is read from the
+# message's flatbuffer (format/Message.fbs): Message.header (field 2), then RecordBatch.compression (3).
 
 
 def _table_field(metadata: bytes, table: int, index: int) -> int | None:
@@ -117,12 +114,6 @@ def _table_field(metadata: bytes, table: int, index: int) -> int | None:
         return None
     offset = int.from_bytes(metadata[vtable + 4 + 2 * index : vtable + 6 + 2 * index], "little")
     return table + offset if offset else None
-
-
-def _header_type(metadata: bytes) -> int:
-    root = int.from_bytes(metadata[0:4], "little")
-    at = _table_field(metadata, root, 1)
-    return metadata[at] if at is not None else 0
 
 
 def _is_compressed(metadata: bytes) -> bool:
