@@ -50,9 +50,9 @@ from etl.validate import validate
 log = logging.getLogger("etl.run")
 
 # The job's Arrow buffers come from the C library's allocator unless the user chose a pool
-# (ARROW_DEFAULT_MEMORY_POOL): with pyarrow's default, mimalloc, validating the full data set took either
-# 0.55 s or 1.1 s from one process to the next (measured 12 times); with the system allocator 0.60 s
-# every time, and the whole job was no slower.
+# (ARROW_DEFAULT_MEMORY_POOL): with pyarrow's default, mimalloc, validating the full data set took anywhere
+# from 0.53 to 1.12 s from one process to the next (11 runs); with the system allocator 0.60-0.61 s (4 runs),
+# and the whole job was no slower.
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
     pa.set_memory_pool(pa.system_memory_pool())
 
