@@ -483,10 +483,9 @@ def _check_strings(
 
 
 def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found: _Errors) -> None:
-    # Errors come out in the order of the JSON body's fields: invoice_no, invoice_date, then the others.
-    _check_strings(columns, _HEADER_STRINGS[:1], found)
+    # The order of the checks does not matter: `_Errors.sorted` orders errors by invoice, line and field.
+    _check_strings(columns, _HEADER_STRINGS, found)
     _check_timestamp(columns["invoice_date"], found, nullable=False)
-    _check_strings(columns, _HEADER_STRINGS[1:], found)
     line_no = lines["line_no"]
     _check_required(line_no, found, "int_type", "Input should be a valid integer")
     line_no.report(
