@@ -253,6 +253,9 @@ class RetailClient:
             timeout=timeout,
             limits=limits,
             transport=transport,
+            # A plain-HTTP service has no certificate to check, and redirects are not followed; the
+            # default context would load certifi's bundle, ~0.05 s of every run's start.
+            verify=httpx.URL(base_url).scheme == "https",
         )
 
     async def __aenter__(self) -> RetailClient:

@@ -7,6 +7,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import ssl
 import uuid
 from functools import partial
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pytest
 import respx
 
-from etl.client import ARROW_STREAM, RetryPolicy, RetryStats, gather_bounded, parse_retry_after
+from etl.client import ARROW_STREAM, RetailClient, RetryPolicy, RetryStats, gather_bounded, parse_retry_after
 from etl.errors import ServiceError
 from etl.post import invoice_table, sort_for_posting
 from tests.etl.conftest_client import (
@@ -467,3 +468,15 @@ def test_gather_bounded_keeps_order_bounds_concurrency_and_cancels_on_failure():
     with pytest.raises(ServiceError, match="job 3 failed"):
         run(lambda: gather_bounded([partial(job, n) for n in range(3, 8)], 2))
     assert cancelled  # the jobs running alongside the failed one were stopped, not left behind
+
+
+@pytest.mark.parametrize(
+    ("base_url", "verify_mode"),
+    [("https://retail.example", ssl.CERT_REQUIRED), ("http://127.0.0.1:8000", ssl.CERT_NONE)],
+)
+def test_certificates_are_checked_whenever_the_service_speaks_tls(base_url, verify_mode):
+    # The SSL context httpx's pool would use for a TLS connection (plain HTTP never uses it).
+    client = RetailClient(base_url, API_KEY)
+    context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode == verify_mode
+    assert context.check_hostname is (verify_mode == ssl.CERT_REQUIRED)
