@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -23,8 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.dags.conftest import DAGS_FOLDER, REPO
+from tests.support.job import SAMPLE, job_command
 
-SAMPLE = REPO / "sample_data" / "online_retail_sample.csv"
 DAY = "2010-12-02"
 TABLES = ("invoice_lines", "invoices", "customers", "rejects")
 DATA_TABLES = TABLES[:3]
@@ -150,22 +149,7 @@ def test_the_command_line_writes_the_same_lake_for_the_same_day(
     run = fresh_dag.test(logical_date=dt.datetime.fromisoformat(DAY).replace(tzinfo=dt.UTC))
     assert run.state == "success"
     cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "etl.cli",
-            "run",
-            "--source",
-            str(SAMPLE),
-            "--api-url",
-            service.url,
-            "--lake",
-            str(cli_lake),
-            "--start",
-            DAY,
-            "--end",
-            DAY,
-        ],
+        job_command(service.url, cli_lake, "--start", DAY, "--end", DAY),
         capture_output=True,
         text=True,
         cwd=REPO,

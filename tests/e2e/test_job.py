@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,10 +18,8 @@ import httpx
 import pyarrow.dataset as ds
 import pytest
 
+from tests.support.job import ROOT, SAMPLE, job_command
 from tests.support.service import LiveService, live_service
-
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "sample_data" / "online_retail_sample.csv"
 
 
 def source_rows(path: Path = SAMPLE) -> list[tuple[object, ...]]:
@@ -67,19 +64,7 @@ def run_job(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RETAIL_API_KEY": service.api_key, "RETAIL_CACHE_DIR": str(lake.parent / "cache")}
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "etl.cli",
-            "run",
-            "--source",
-            str(source),
-            "--api-url",
-            service.url,
-            "--lake",
-            str(lake),
-            *args,
-        ],
+        job_command(service.url, lake, *args, source=source),
         capture_output=True,
         text=True,
         env=env,
@@ -189,22 +174,7 @@ def test_missing_source_is_one_line_and_exit_2(sqlite_url: str, tmp_path: Path) 
 def test_unreachable_service_is_one_line_and_exit_3(tmp_path: Path) -> None:
     env = {**os.environ, "RETAIL_API_KEY": "k", "RETAIL_RETRY_BUDGET_SECONDS": "2"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "etl.cli",
-            "run",
-            "--source",
-            str(SAMPLE),
-            "--api-url",
-            "http://127.0.0.1:9",
-            "--lake",
-            str(tmp_path / "lake"),
-            "--start",
-            "2010-12-02",
-            "--end",
-            "2010-12-02",
-        ],
+        job_command("http://127.0.0.1:9", tmp_path / "lake", "--start", "2010-12-02", "--end", "2010-12-02"),
         capture_output=True,
         text=True,
         env=env,
@@ -221,18 +191,7 @@ def test_wrong_api_key_is_one_line_and_nonzero(sqlite_url: str, tmp_path: Path) 
     with live_service(sqlite_url) as service:
         env = {**os.environ, "RETAIL_API_KEY": "wrong"}
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "etl.cli",
-                "run",
-                "--source",
-                str(SAMPLE),
-                "--api-url",
-                service.url,
-                "--lake",
-                str(tmp_path / "lake"),
-            ],
+            job_command(service.url, tmp_path / "lake"),
             capture_output=True,
             text=True,
             env=env,

@@ -5,37 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
 
 from etl.lake import TABLES, read_lake_table
+from tests.support.job import ROOT, SAMPLE, job_command
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "sample_data" / "online_retail_sample.csv"
+__all__ = ["ROOT", "SAMPLE", "job_command"]  # re-exported for the fault tests
+
 DAY = "2010-12-02"
 DAY_LINES = 2109  # lines of the sample on DAY (tests/e2e counts them independently)
 
 #: Small requests and pages, so that one day makes many requests to fault.
 FAULT_ENV = {"RETAIL_LINES_PER_REQUEST": "200", "RETAIL_PAGE_SIZE": "50"}
-
-
-def job_command(api_url: str, lake: Path, *args: str, source: Path | str = SAMPLE) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "etl.cli",
-        "run",
-        "--source",
-        str(source),
-        "--api-url",
-        api_url,
-        "--lake",
-        str(lake),
-        *args,
-    ]
 
 
 def job_env(api_key: str, lake: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
