@@ -62,14 +62,26 @@ def lake_rows(lake: Path) -> list[tuple[object, ...]]:
 def run_job(
     service: LiveService, lake: Path, *args: str, source: Path = SAMPLE
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RETAIL_API_KEY": service.api_key, "RETAIL_CACHE_DIR": str(lake.parent / "cache")}
+    return run_job_at(service.url, service.api_key, lake, *args, source=source)
+
+
+def run_job_at(
+    api_url: str,
+    api_key: str,
+    lake: Path,
+    *args: str,
+    source: Path = SAMPLE,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RETAIL_API_KEY": api_key, "RETAIL_CACHE_DIR": str(lake.parent / "cache")}
     return subprocess.run(
-        job_command(service.url, lake, *args, source=source),
+        job_command(api_url, lake, *args, source=source),
         capture_output=True,
         text=True,
-        env=env,
+        env={**env, **(extra_env or {})},
         cwd=ROOT,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
 
@@ -172,15 +184,13 @@ def test_missing_source_is_one_line_and_exit_2(sqlite_url: str, tmp_path: Path) 
 
 
 def test_unreachable_service_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    env = {**os.environ, "RETAIL_API_KEY": "k", "RETAIL_RETRY_BUDGET_SECONDS": "2"}
-    result = subprocess.run(
-        job_command("http://127.0.0.1:9", tmp_path / "lake", "--start", "2010-12-02", "--end", "2010-12-02"),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
+    result = run_job_at(
+        "http://127.0.0.1:9",
+        "k",
+        tmp_path / "lake",
+        *("--start", "2010-12-02", "--end", "2010-12-02"),
+        extra_env={"RETAIL_RETRY_BUDGET_SECONDS": "2"},
         timeout=120,
-        check=False,
     )
     assert result.returncode == 3, result.stderr
     assert_one_line_error(result.stderr)
@@ -189,15 +199,6 @@ def test_unreachable_service_is_one_line_and_exit_3(tmp_path: Path) -> None:
 
 def test_wrong_api_key_is_one_line_and_nonzero(sqlite_url: str, tmp_path: Path) -> None:
     with live_service(sqlite_url) as service:
-        env = {**os.environ, "RETAIL_API_KEY": "wrong"}
-        result = subprocess.run(
-            job_command(service.url, tmp_path / "lake"),
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
+        result = run_job_at(service.url, "wrong", tmp_path / "lake", timeout=120)
     assert result.returncode == 3
     assert_one_line_error(result.stderr, "API key")
