@@ -112,6 +112,9 @@ def _read_bytes(data: bytes, name: str, *, depth: int) -> tuple[pa.Table, str]:
     if not data or data.isspace():
         raise SourceError(f"{name}: file is empty")
     if data.startswith(_GZIP_MAGIC):
+        fast = _read_gzipped_csv(data, name)
+        if fast is not None:
+            return fast
         inner = _gunzip(data, name)
         del data  # the compressed bytes are not needed any more; keep peak memory down
         table, shape = _read_bytes(inner, name, depth=_nested(depth, name))
@@ -129,6 +132,32 @@ def _nested(depth: int, name: str) -> int:
     if depth + 1 >= _MAX_NESTING:
         raise SourceError(f"{name}: archives nested too deeply; expected one CSV or workbook inside")
     return depth + 1
+
+
+def _read_gzipped_csv(data: bytes, name: str) -> tuple[pa.Table, str] | None:
+    """The usual shape, a gzip-compressed UTF-8 CSV, read with Arrow inflating the file while it parses
+    (on two cores the full data set took 0.14-0.20 s instead of 0.27-0.45 s for inflating it first).
+
+    None when the content is anything else (another archive, a workbook, a BOM, UTF-16, not UTF-8,
+    no data rows) or anything at all goes wrong: the general path then reads the file, and gives the
+    exact error. Arrow reads every member of a multi-member file, and fails on a truncated one.
+    """
+    try:
+        head = zlib.decompressobj(wbits=31).decompress(data[:_SNIFF_BYTES], _SNIFF_BYTES)
+    except zlib.error:
+        return None
+    looks_other = head.startswith((_GZIP_MAGIC, *_ZIP_MAGICS, _OLE2_MAGIC, *_UTF16_BOMS, _UTF8_BOM))
+    if not head or looks_other or b"\x00" in head:
+        return None
+    try:
+        columns = _csv_header(head, name)
+        table = _parse_csv(pa.input_stream(pa.BufferReader(data), compression="gzip"), columns, name)
+    except (SourceError, OSError, pa.ArrowException):
+        return None
+    if table.num_rows == 0:
+        return None
+    table = _source_table(table)
+    return table, f"{_csv_flavour(table)}+gzip"
 
 
 def _gunzip(data: bytes, name: str) -> bytes:
@@ -253,10 +282,11 @@ def _to_utf8(data: bytes) -> bytes:
         return data.decode("latin-1").encode("utf-8")
 
 
-def _parse_csv(data: bytes, columns: list[str], name: str) -> pa.Table:
-    # pyarrow's multi-threaded parser: the full 541,909-line file parses in well under a second.
+def _parse_csv(data: bytes | pa.NativeFile, columns: list[str], name: str) -> pa.Table:
+    # pyarrow's multi-threaded parser. Blocks of 1 MiB: the full data set's 45 MB then parse in ~46
+    # blocks spread over the cores (0.09-0.12 s here) rather than 3 (0.12-0.26 s with 16 MiB blocks).
     # Every column is typed `string` up front, and nothing counts as null, so "" and "NA" stay text.
-    read_options = pa_csv.ReadOptions(column_names=columns, skip_rows=1, block_size=16 * 1024 * 1024)
+    read_options = pa_csv.ReadOptions(column_names=columns, skip_rows=1, block_size=1024 * 1024)
     parse_options = pa_csv.ParseOptions(newlines_in_values=True)
     convert_options = pa_csv.ConvertOptions(
         column_types={c: pa.string() for c in columns},
@@ -267,7 +297,7 @@ def _parse_csv(data: bytes, columns: list[str], name: str) -> pa.Table:
     )
     try:
         return pa_csv.read_csv(
-            pa.BufferReader(data),
+            pa.BufferReader(data) if isinstance(data, bytes) else data,
             read_options=read_options,
             parse_options=parse_options,
             convert_options=convert_options,

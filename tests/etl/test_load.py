@@ -302,6 +302,75 @@ def test_kaggle_latin1_is_decoded_not_rejected(tmp_path: Path) -> None:
     assert raw.to_pandas().loc[0, "Description"] == "BOÎTE À THÉ £"
 
 
+def _general_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load_module, "_read_gzipped_csv", lambda data, name: None)
+
+
+def _fast_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_inflating(data: bytes, name: str) -> bytes:
+        raise AssertionError("the general path inflated the file")
+
+    monkeypatch.setattr(load_module, "_gunzip", no_inflating)
+
+
+def test_a_gzipped_csv_is_parsed_while_inflated_to_exactly_what_the_general_path_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "online_retail.csv.gz"
+    # Two gzip members, as `cat a.gz b.gz` makes: every row of both must come out.
+    text = SAMPLE_CSV.read_bytes()
+    cut = text.index(b"\n", len(text) // 2) + 1
+    path.write_bytes(gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
+
+    with monkeypatch.context() as patched:
+        _fast_path_only(patched)
+        fast = load_source(os.fspath(path))
+    with monkeypatch.context() as patched:
+        _general_path_only(patched)
+        general = load_source(os.fspath(path))
+
+    assert fast.num_rows == general.num_rows == 8326
+    assert fast.shape == general.shape == "export-csv+gzip"
+    assert fast.table.equals(general.table)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(lambda rows: csv_bytes(rows, encoding="iso-8859-1"), id="latin-1"),
+        pytest.param(lambda rows: b"\xef\xbb\xbf" + csv_bytes(rows), id="utf-8 BOM"),
+    ],
+)
+def test_a_gzip_the_fast_path_does_not_take_is_read_by_the_general_path(
+    tmp_path: Path, content: object
+) -> None:
+    rows = [
+        dict(
+            zip(
+                SOURCE_COLUMNS,
+                ["536365", "21000", "BOÎTE À THÉ £", "1", "12/1/2010 8:26", "2.55", "17850", "France"],
+                strict=True,
+            )
+        )
+    ]
+    path = tmp_path / "odd.csv.gz"
+    path.write_bytes(gzip.compress(content(rows)))  # type: ignore[operator]
+
+    raw = load_source(os.fspath(path))
+
+    assert raw.num_rows == 1
+    assert raw.to_pandas().loc[0, "Description"] == "BOÎTE À THÉ £"
+    assert raw.shape.endswith("+gzip")
+
+
+def test_a_zip_inside_a_gzip_still_gets_the_general_paths_answer(tmp_path: Path) -> None:
+    path = tmp_path / "nested.csv.gz"
+    path.write_bytes(gzip.compress(zip_bytes("data.csv", SAMPLE_CSV.read_bytes())))
+
+    with pytest.raises(SourceError, match="nested too deeply"):
+        load_source(os.fspath(path))
+
+
 def test_workbook_rows_keep_their_sheet_numbering(tmp_path: Path) -> None:
     good = typed_cells(
         dict(zip(SOURCE_COLUMNS, _sample_bytes(2).decode().splitlines()[1].split(","), strict=True))
