@@ -172,14 +172,19 @@ def _source_table(raw: pa.Table) -> pa.Table:
     missing = [c for c in (*SOURCE_COLUMNS, "source_row") if c not in raw.column_names]
     if missing:
         raise ValueError(f"RawSource table lacks column(s) {', '.join(missing)}")
-    columns = {
-        name: pc.fill_null(raw.column(name).combine_chunks().cast(pa.string()), "") for name in SOURCE_COLUMNS
-    }
+    columns = {name: _text(raw.column(name)) for name in SOURCE_COLUMNS}
     source_row = raw.column("source_row").combine_chunks().cast(pa.int64())
     table = pa.table({**columns, "source_row": source_row})
     if not np.all(np.diff(source_row.to_numpy()) > 0):
         table = table.sort_by("source_row")
     return table
+
+
+def _text(column: pa.ChunkedArray) -> pa.Array:
+    """One chunk of strings, missing values as "" (the loader's columns usually are that already:
+    then nothing is copied)."""
+    values = column.combine_chunks().cast(pa.string())
+    return pc.fill_null(values, "") if values.null_count else values
 
 
 def _rows_of_invoices_in(source: pa.Table, days: DayRange) -> pa.Table:
@@ -200,6 +205,8 @@ def _rows_of_invoices_in(source: pa.Table, days: DayRange) -> pa.Table:
 
 def _invoice_numbers(stripped: pa.Array) -> pa.Array:
     """Invoice numbers as text, with a spreadsheet's float spelling ("536365.0") undone."""
+    if not pc.any(pc.match_substring(stripped, ".")).as_py():
+        return stripped  # the usual case: no number has a dot, and the regex would copy every one
     return pc.replace_substring_regex(stripped, r"^(\d+)\.0*$", r"\1")
 
 
