@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol
@@ -129,8 +129,10 @@ class RunReport:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values."""
-        return asdict(self)
+        """The report as JSON-ready values (its own lists and dicts, not copies: read, don't change)."""
+        # Every field already holds plain values; `asdict` would deep-copy the per-day reconciliation
+        # of a whole year (~0.07 s per call, twice per run).
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def update_metrics(self) -> dict[str, Any]:
         """Fill `metrics` from the run so far (what is saved and pushed at the end of a run)."""
