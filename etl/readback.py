@@ -30,6 +30,10 @@ from etl.schema import (
 #: Longest span of days walked by one cursor chain: short enough that a long run of consecutive days
 #: still gives several chains to walk at once, long enough that a typical span is one page.
 MAX_DAYS_PER_SPAN = 7
+#: Customers are read over calendar spans of up to this many days, gaps included: a whole year is then
+#: 5 cursor chains instead of one per run of consecutive invoice days (56 for the full data, which
+#: took 0.29-0.34 s against 0.06-0.07 s; each customer comes once per span it has invoices in).
+CUSTOMER_DAYS_PER_SPAN = 92
 
 
 async def read_back(
@@ -39,16 +43,20 @@ async def read_back(
     concurrency: int = 4,
     page_size: int = 1000,
 ) -> ServiceSnapshot:
-    """The service's lines and customers for the invoice days `days`.
+    """The service's lines for the invoice days `days`, and its customers invoiced on them.
 
     `lines` follows LINE_SCHEMA sorted by `(invoice_day, invoice_no, line_no)`; `customers` follows
-    CUSTOMER_SCHEMA sorted by `customer_id`, each customer once.
+    CUSTOMER_SCHEMA sorted by `customer_id`, each customer once. Customers are read over whole calendar
+    spans (`calendar_spans`), so a customer invoiced only on a day between two of `days` may be listed
+    too; the lake takes from them just the customers of the lines it writes.
     """
     if not 1 <= page_size <= 5000:
         raise ValueError("page_size must be within 1..5000")
     spans = day_spans(days)
     line_jobs = [partial(_read_lines, client, start, end, page_size) for start, end in spans]
-    customer_jobs = [partial(_read_customers, client, start, end, page_size) for start, end in spans]
+    customer_jobs = [
+        partial(_read_customers, client, start, end, page_size) for start, end in calendar_spans(days)
+    ]
     line_tables = await gather_bounded(line_jobs, concurrency)
     customer_pages = await gather_bounded(customer_jobs, concurrency)
 
@@ -67,6 +75,22 @@ def day_spans(days: Sequence[dt.date], max_days: int = MAX_DAYS_PER_SPAN) -> lis
                 spans[-1] = (start, day)
                 continue
         spans.append((day, day))
+    return spans
+
+
+def calendar_spans(
+    days: Sequence[dt.date], max_days: int = CUSTOMER_DAYS_PER_SPAN
+) -> list[tuple[dt.date, dt.date]]:
+    """Cut the calendar from the first to the last of `days` into `(start, end)` spans of at most
+    `max_days` days, gaps included (none for no days)."""
+    if not days:
+        return []
+    spans: list[tuple[dt.date, dt.date]] = []
+    start, last = min(days), max(days)
+    while start <= last:
+        end = min(last, start + dt.timedelta(days=max_days - 1))
+        spans.append((start, end))
+        start = end + dt.timedelta(days=1)
     return spans
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from etl.errors import ServiceError
 from etl.post import post_lines
-from etl.readback import day_spans, read_back
+from etl.readback import calendar_spans, day_spans, read_back
 from etl.schema import CUSTOMER_SCHEMA, LINE_SCHEMA
 from tests.etl.conftest_client import FakeService, line_rows, make_client, run, sample_lines
 
@@ -126,6 +127,32 @@ def test_day_spans_are_consecutive_runs_of_at_most_seven_days():
         (D(2011, 1, 8), D(2011, 1, 14)),
         (D(2011, 1, 15), D(2011, 1, 15)),
     ]
+
+
+def test_calendar_spans_cover_the_gaps_in_at_most_92_days():
+    assert calendar_spans([D(2010, 12, 5), D(2010, 12, 1), D(2010, 12, 3)]) == [
+        (D(2010, 12, 1), D(2010, 12, 5))
+    ]
+    assert calendar_spans([D(2011, 3, 24)]) == [(D(2011, 3, 24), D(2011, 3, 24))]
+    assert calendar_spans([]) == []
+    year = calendar_spans([D(2010, 12, 1), D(2011, 12, 9)])
+    assert len(year) == 5 and year[0][0] == D(2010, 12, 1) and year[-1][1] == D(2011, 12, 9)
+    assert all((end - start).days < 92 for start, end in year)
+    assert all(after[0] == before[1] + dt.timedelta(days=1) for before, after in itertools.pairwise(year))
+
+
+def test_customers_are_read_over_the_calendar_between_the_days(lines, service):
+    days = sorted(set(lines["invoice_day"].to_pylist()))
+    service.requests.clear()
+    snapshot = _read(service, days, page_size=1000)
+
+    customer_pages = [r for r in service.requests if r.url.path == "/customers"]
+    assert {(r.url.params["start"], r.url.params["end"]) for r in customer_pages} == {
+        (start.isoformat(), end.isoformat()) for start, end in calendar_spans(days)
+    }
+    assert snapshot.customers["customer_id"].to_pylist() == sorted(
+        set(lines["customer_id"].drop_null().to_pylist())
+    )
 
 
 def _one_invoice_service(price, day="2010-12-01") -> FakeService:
