@@ -6,8 +6,11 @@ Starts the service (uvicorn) on a fresh PostgreSQL database, runs `retail-etl ru
 then runs it again over the same range (everything stored), and prints for each run: wall seconds, the
 job's CPU seconds (its own rusage), the service's (every process of its tree), PostgreSQL's (every
 `postgres` process on the machine, sampled while the job runs, so a backend that exits is still counted),
-and the stage seconds of the run report. `benchmarks/full_dataset.py` gives the medians against the
-targets; this script tells which process to look at.
+and the stage seconds of the run report. First it measures the no-HTTP floor of `full_dataset.py` the
+same way (this process and PostgreSQL), and last it prints the CPU budget: what the first run's CPU
+seconds need at least on this machine's cores, against 4 x the floor's wall time.
+`benchmarks/full_dataset.py` gives the medians against the targets; this script tells which process to
+look at, and whether the cores could run the work in the time at all.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
+import resource
 import sys
 import tempfile
 import threading
@@ -26,7 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE, run_job  # noqa: E402
+from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE, measure_floor, run_job  # noqa: E402
 from tests.support.postgres import temporary_database  # noqa: E402
 from tests.support.service import live_service  # noqa: E402
 
@@ -86,17 +91,38 @@ class PostgresCpu:
         return sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.last.items())
 
 
-def run_once(args: argparse.Namespace, url: str, lake: Path, service: psutil.Process) -> str:
-    """One `retail-etl run`; returns its line of figures."""
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (Arrow's too)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor_once(source: Path) -> tuple[float, str]:
+    """The floor of `full_dataset.py` in this process on a fresh database; its wall seconds and line."""
+    with temporary_database("retail_cpu_floor") as database_url, tempfile.TemporaryDirectory() as tmp:
+        own_before = _own_cpu()
+        with PostgresCpu() as postgres:
+            seconds, rows = measure_floor(source, database_url, Path(tmp))
+        own = _own_cpu() - own_before
+    line = (
+        f"wall {seconds:.2f} s; CPU s: floor process {own:.2f}, PostgreSQL {postgres.seconds:.2f}; "
+        f"{rows:,} rows"
+    )
+    return seconds, line
+
+
+def run_once(args: argparse.Namespace, url: str, lake: Path, service: psutil.Process) -> tuple[float, str]:
+    """One `retail-etl run`; returns the CPU seconds of all three processes and its line of figures."""
     service_before = _tree_cpu(service)
     with PostgresCpu() as postgres:
         run = run_job(args.source, url, lake, start=args.start, end=args.end)
+    service_cpu = _tree_cpu(service) - service_before
     stages = " ".join(f"{name} {seconds:.2f}" for name, seconds in run.report["seconds"].items())
-    return (
+    line = (
         f"wall {run.seconds:.2f} s; CPU s: job {run.cpu_seconds:.2f}, "
-        f"service {_tree_cpu(service) - service_before:.2f}, PostgreSQL {postgres.seconds:.2f}; "
+        f"service {service_cpu:.2f}, PostgreSQL {postgres.seconds:.2f}; "
         f"{run.lines:,} lines, {run.report['status']}; stages: {stages}"
     )
+    return run.cpu_seconds + service_cpu + postgres.seconds, line
 
 
 def main() -> None:
@@ -109,6 +135,9 @@ def main() -> None:
     parser.add_argument("--end", type=dt.date.fromisoformat, default=None)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the service")
     args = parser.parse_args()
+    floor_seconds, floor_line = floor_once(args.source)
+    print(f"floor: {floor_line}", flush=True)
+    cpu_first = 0.0
     with (
         temporary_database("retail_cpu") as database_url,
         tempfile.TemporaryDirectory() as tmp,
@@ -116,7 +145,16 @@ def main() -> None:
     ):
         tree = psutil.Process(service.process.pid)
         for label in ("first run", "rerun"):
-            print(f"{label}: {run_once(args, service.url, Path(tmp) / 'lake', tree)}", flush=True)
+            cpu, line = run_once(args, service.url, Path(tmp) / "lake", tree)
+            cpu_first = cpu_first or cpu
+            print(f"{label}: {line}", flush=True)
+    # Wall time cannot be less than the CPU work spread perfectly over every core.
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU budget: the first run's {cpu_first:.2f} CPU-s need at least {cpu_first / cores:.2f} s on "
+        f"{cores} core(s); 4 x the floor is {4 * floor_seconds:.2f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
