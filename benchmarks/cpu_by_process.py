@@ -31,7 +31,13 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.full_dataset import API_KEY, DEFAULT_SOURCE, measure_floor, run_job  # noqa: E402
+from benchmarks.full_dataset import (  # noqa: E402
+    API_KEY,
+    DEFAULT_SOURCE,
+    compile_project,
+    measure_floor,
+    run_job,
+)
 from tests.support.postgres import temporary_database  # noqa: E402
 from tests.support.service import live_service  # noqa: E402
 
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--end", type=dt.date.fromisoformat, default=None)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the service")
     args = parser.parse_args()
+    compile_project()
     floor_seconds, floor_line = floor_once(args.source)
     print(f"floor: {floor_line}", flush=True)
     cpu_first = 0.0
