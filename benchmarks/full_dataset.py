@@ -126,7 +126,7 @@ def compile_project() -> None:
     """Byte-compile the project's packages, as installing a package does.
 
     An editable install leaves them as source, and where PYTHONDONTWRITEBYTECODE is set (as on this
-    machine) every job process would compile them again: ~0.1 s of each run that no installed job pays.
+    machine) every job process would compile them again, which no installed job does.
     """
     for package in ("api", "etl"):
         if not compileall.compile_dir(ROOT / package, quiet=1):
