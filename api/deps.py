@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, Security, status
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from api import models, schemas
+from api.auth.deps import Identity
+from api.auth.deps import SecuredRouter as SecuredRouter
+from api.auth.deps import requires as requires
 from api.core.config import Settings
-
-#: Declared as a security scheme, so /docs offers an "Authorize" button and the schema shows it.
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API_KEY")
 
 
 def get_settings(request: Request) -> Settings:
@@ -33,20 +31,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> str:
-    """The request's `X-API-Key`, if it is the service's key; 401 otherwise."""
-    # Bytes, because compare_digest refuses non-ASCII str and a header may carry any latin-1 byte.
-    if key is None or not secrets.compare_digest(key.encode(), settings.API_KEY.encode()):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid X-API-Key header",
-            headers={"WWW-Authenticate": "APIKey"},
-        )
-    return key
+
+def get_identity(request: Request) -> Identity:
+    """The caller, as the operation's scope check found it (data routers are `SecuredRouter`s, which
+    check the credentials and scope of every operation before its handler's parameters)."""
+    identity: Identity = request.state.identity
+    return identity
 
 
-#: Every data router declares this, so no data endpoint can forget the key.
-REQUIRE_API_KEY = [Depends(require_api_key)]
+CurrentIdentity = Annotated[Identity, Depends(get_identity)]
 
 # Path parameters, validated like the body fields they name: bad values are 422, never a database error.
 CustomerIdPath = Annotated[

@@ -17,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import arrow_pages
+from api.auth import token
+from api.auth.deps import Authenticator, RateLimitExceeded
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
@@ -188,6 +190,14 @@ def _add_exception_handlers(app: FastAPI) -> None:
             content["invoice_nos"] = exc.invoice_nos
         return JSONResponse(status_code=409, content=content)
 
+    @app.exception_handler(RateLimitExceeded)
+    async def _rate_limited(_request: Request, exc: RateLimitExceeded) -> JSONResponse:
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exc), "limit": exc.limit, "retry_after": exc.retry_after},
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
     @app.exception_handler(IntegrityError)
     async def _integrity(_request: Request, exc: IntegrityError) -> JSONResponse:
         # A concurrent request stored the same key first.
@@ -231,24 +241,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
     _add_observability(app, settings)
+    # The credentials check of every data operation (api/auth/deps.py), with the per-identity rate limit.
+    app.state.authenticator = Authenticator(
+        settings, app.state.sessions, limiter=app.state.limiter, metrics=app.state.metrics
+    )
     _add_exception_handlers(app)
-    for router in (health.router, customers.router, invoices.router, stockcodes.router, bulk.router):
+    routers = (health.router, token.router, customers.router, invoices.router, stockcodes.router, bulk.router)
+    for router in routers:
         app.include_router(router)
     return app
 
 
 def _add_observability(app: FastAPI, settings: Settings) -> None:
-    """JSON logs, request ids, rate limits and `/metrics` (see docs/design.md, "Metrics, logs ...")."""
+    """JSON logs, request ids, the rate limiter (counted by api.auth.deps) and `/metrics` (see
+    docs/design.md, "Metrics, logs ...")."""
     configure_logging(log_format=settings.LOG_FORMAT, level=settings.LOG_LEVEL)
     app.state.metrics = Metrics(app.state.engine, app.state.sessions)
-    # Added last, so it is the outermost: it also counts and logs the 413s of BodySizeLimit.
-    app.add_middleware(
-        ObservabilityMiddleware,
-        metrics=app.state.metrics,
-        limiter=make_limiter(settings.RATE_LIMIT, settings.REDIS_URL, prefix=settings.REDIS_KEY_PREFIX),
-        api_key=settings.API_KEY,
-        routes=app.router.routes,
+    app.state.limiter = make_limiter(
+        settings.RATE_LIMIT, settings.REDIS_URL, prefix=settings.REDIS_KEY_PREFIX
     )
+    # Added last, so it is the outermost: it also counts and logs the 413s of BodySizeLimit.
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics, routes=app.router.routes)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
 

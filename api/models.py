@@ -157,3 +157,71 @@ class OutboxEvent(Base):
         # Retention deletes published rows by age.
         Index("ix_outbox_events_published_at", "published_at"),
     )
+
+
+# --- Credentials of the service's clients (api/auth): API keys and OAuth2 clients, never their secrets.
+
+CREDENTIAL_NAME_LENGTH = 64
+SCOPES_LENGTH = 64
+API_KEY_PREFIX_LENGTH = 12
+SHA256_HEX_LENGTH = 64
+CLIENT_ID_LENGTH = 32
+PASSWORD_HASH_LENGTH = 255
+
+#: Names are unique among the credentials in use; a revoked one keeps its row (and frees its name).
+_ACTIVE = text("revoked_at IS NULL")
+
+
+class ApiKey(Base):
+    """An API key `rk_<prefix>_<secret>`: found by its public prefix, checked by the SHA-256 of the key."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(CREDENTIAL_NAME_LENGTH))
+    prefix: Mapped[str] = mapped_column(String(API_KEY_PREFIX_LENGTH), unique=True)
+    #: Hex SHA-256 of the whole key: the key is random and long, so a fast hash is safe to store.
+    digest: Mapped[str] = mapped_column(String(SHA256_HEX_LENGTH))
+    #: Space-separated, as in OAuth2: `read`, `write`, `admin`.
+    scopes: Mapped[str] = mapped_column(String(SCOPES_LENGTH))
+    #: Naive UTC, like every timestamp of these tables.
+    created_at: Mapped[dt.datetime]
+    rotated_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_api_keys_active_name",
+            "name",
+            unique=True,
+            postgresql_where=_ACTIVE,
+            sqlite_where=_ACTIVE,
+        ),
+    )
+
+
+class OAuthClient(Base):
+    """An OAuth2 client of the client-credentials grant; its secret is stored as an Argon2 hash."""
+
+    __tablename__ = "oauth_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(CREDENTIAL_NAME_LENGTH))
+    client_id: Mapped[str] = mapped_column(String(CLIENT_ID_LENGTH), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_LENGTH))
+    scopes: Mapped[str] = mapped_column(String(SCOPES_LENGTH))
+    #: Counts rotations; a token carries the generation it was issued in, so rotating ends older tokens.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime]
+    rotated_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_oauth_clients_active_name",
+            "name",
+            unique=True,
+            postgresql_where=_ACTIVE,
+            sqlite_where=_ACTIVE,
+        ),
+    )

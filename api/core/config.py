@@ -12,6 +12,10 @@ logger = logging.getLogger(__name__)
 
 #: The key a development checkout starts with; refused in production.
 DEFAULT_API_KEY = "dev-api-key"
+#: The key that signs access tokens in a development checkout; refused in production.
+DEFAULT_TOKEN_SECRET = "dev-token-secret-not-for-production-use"
+#: HS256 keys shorter than this are refused: RFC 7518 §3.2 asks for a key at least as long as the hash.
+MIN_TOKEN_SECRET_BYTES = 32
 #: The embedded database: a file next to where the service runs, created on first start.
 DEFAULT_DATABASE_URL = "sqlite:///./retail.db"
 
@@ -59,6 +63,15 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = None
     #: Prefix of the service's keys in Redis.
     REDIS_KEY_PREFIX: str = Field(default="retail:ratelimit", min_length=1)
+    # --- access tokens of OAuth2 clients (api/auth): `POST /token`, then `Authorization: Bearer`.
+    #: HS256 signing key of access tokens, at least 32 bytes; every worker and replica needs the same one.
+    #: Unset: a development default locally; in production no tokens are issued or accepted (API keys are).
+    TOKEN_SECRET: str | None = None
+    #: Lifetime of an access token; a client asks for a new one when it expires.
+    TOKEN_EXPIRE_SECONDS: int = Field(default=900, ge=1, le=86_400)
+    #: The tokens' `iss` and `aud` claims: a token is accepted only by the service that issued it.
+    TOKEN_ISSUER: str = Field(default="retail-api", min_length=1)
+    TOKEN_AUDIENCE: str = Field(default="retail-api", min_length=1)
 
     @field_validator("RATE_LIMIT")
     @classmethod
@@ -86,3 +99,23 @@ class Settings(BaseSettings):
                 "API_KEY is the development default %r: fine locally, never in production", DEFAULT_API_KEY
             )
         return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_token_secret(self) -> Settings:
+        if self.TOKEN_SECRET is None:
+            return self
+        if len(self.TOKEN_SECRET.encode()) < MIN_TOKEN_SECRET_BYTES:
+            raise ValueError(f"TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_BYTES} bytes long")
+        if self.TOKEN_SECRET == DEFAULT_TOKEN_SECRET and self.ENVIRONMENT == "production":
+            raise ValueError(
+                "TOKEN_SECRET is the development default; set it to a secret in production "
+                '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+            )
+        return self
+
+    @property
+    def token_signing_key(self) -> str | None:
+        """The key access tokens are signed with; None in production without TOKEN_SECRET (tokens off)."""
+        if self.TOKEN_SECRET is not None:
+            return self.TOKEN_SECRET
+        return DEFAULT_TOKEN_SECRET if self.ENVIRONMENT == "local" else None

@@ -1,49 +1,31 @@
-"""One pure ASGI middleware for every HTTP request: request id, rate limit, metrics, access log.
+"""One pure ASGI middleware for every HTTP request: request id, metrics, access log.
 
 Pure ASGI (not BaseHTTPMiddleware): no extra task or body copy per request, a few microseconds in all.
+Rate limits are counted per identity by the scope check (api/auth/deps.py), once the caller is known.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import time
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.observability.logging import accept_request_id, api_key_id, request_id_var
 from api.observability.metrics import UNMATCHED, Metrics
-from api.observability.ratelimit import Limiter
 
 access_log = logging.getLogger("api.access")
-
-#: Never rate limited: probes and scrapes must get through whatever clients do.
-UNLIMITED_PATHS = frozenset({"/health", "/metrics"})
 
 
 class ObservabilityMiddleware:
     """Tags the request with an id (kept from `X-Request-ID` when well formed, echoed in the response),
-    refuses it with 429 when its API key is over the rate limit, then counts and logs it."""
+    then counts and logs it, with the caller's identity when the request was authenticated."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        metrics: Metrics,
-        limiter: Limiter | None,
-        api_key: str,
-        routes: Any,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Any) -> None:
         self.app = app
         self.metrics = metrics
-        self.limiter = limiter
-        self.api_key = api_key.encode()
-        # Only the service's own key is limited; its hash names it in Redis and in logs.
-        self.limit_key = hashlib.sha256(self.api_key).hexdigest()[:32]
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,17 +53,6 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            if (
-                self.limiter is not None
-                and key is not None
-                and scope["path"] not in UNLIMITED_PATHS
-                and secrets.compare_digest(key, self.api_key)
-            ):
-                decision = await self.limiter.hit(self.limit_key)
-                if not decision.allowed:
-                    self.metrics.rate_limited.labels(self._route(scope)).inc()
-                    await self._refuse(scope, receive, send_with_id, decision.retry_after)
-                    return
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
@@ -111,6 +82,8 @@ class ObservabilityMiddleware:
                 "duration_ms": round(seconds * 1000, 3),
                 "client": f"{client[0]}:{client[1]}" if client else None,
                 "api_key_id": api_key_id(key) if key is not None else None,
+                # Set by the scope check (api.auth.deps) on the request's state, which is this dict.
+                "identity": getattr(scope.get("state", {}).get("identity"), "subject", None),
             },
         )
 
@@ -118,7 +91,7 @@ class ObservabilityMiddleware:
         """The route template that answered (or would answer) the request; `unmatched` if none."""
         route = scope.get("route")
         if route is None:
-            # Refused before routing (429, 413): find the route the router would have picked.
+            # Refused before routing (413): find the route the router would have picked.
             for candidate in self.routes:
                 match, _ = candidate.matches(scope)
                 if match is not Match.NONE:
@@ -126,17 +99,3 @@ class ObservabilityMiddleware:
                     break
         path = getattr(route, "path", None)
         return path if isinstance(path, str) and path else UNMATCHED
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, retry_after: int) -> None:
-        assert self.limiter is not None
-        limit = self.limiter.rate.text
-        response = JSONResponse(
-            {
-                "detail": f"rate limit of {limit} per API key exceeded; retry after {retry_after} s",
-                "limit": limit,
-                "retry_after": retry_after,
-            },
-            status_code=429,
-            headers={"Retry-After": str(retry_after)},
-        )
-        await response(scope, receive, send)

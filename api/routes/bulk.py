@@ -7,17 +7,18 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from api import arrow_pages, arrow_writes, crud, schemas
+from api.auth.security import READ
 from api.core.fastjson import OrjsonRoute
-from api.deps import REQUIRE_API_KEY, SessionDep
+from api.deps import SecuredRouter, SessionDep, requires
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["bulk"], dependencies=REQUIRE_API_KEY, route_class=OrjsonRoute)
+router = SecuredRouter(tags=["bulk"], route_class=OrjsonRoute)
 
 StartQuery = Annotated[dt.date | None, Query(description="First invoice day, inclusive")]
 EndQuery = Annotated[dt.date | None, Query(description="Last invoice day, inclusive")]
@@ -127,7 +128,10 @@ def _log_bulk_result(result: schemas.BulkInvoicesResult) -> None:
     )
 
 
-@router.post("/bulk/invoices/compare", response_model=schemas.InvoiceHashComparison)
+# It reads only: a client that may read may compare.
+@router.post(
+    "/bulk/invoices/compare", response_model=schemas.InvoiceHashComparison, dependencies=[requires(READ)]
+)
 def compare_invoices(session: SessionDep, body: schemas.InvoiceHashes) -> schemas.InvoiceHashComparison:
     """Compare content hashes with the stored invoices' (docs/design.md, "Content hash"): a rerun posts
     only the invoices that are not stored unchanged. Reads only; stores nothing."""

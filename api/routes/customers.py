@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import HTTPException, Response, status
 
 from api import crud, schemas
-from api.deps import REQUIRE_API_KEY, CustomerIdPath, SessionDep
+from api.deps import CustomerIdPath, SecuredRouter, SessionDep
 
-router = APIRouter(tags=["customers"], dependencies=REQUIRE_API_KEY)
+router = SecuredRouter(tags=["customers"])
 
 
 @router.post(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import HTTPException, Response, status
 
 from api import crud, schemas
-from api.deps import REQUIRE_API_KEY, InvoiceNoPath, SessionDep, StockCodePath
+from api.deps import InvoiceNoPath, SecuredRouter, SessionDep, StockCodePath
 
-router = APIRouter(tags=["invoices"], dependencies=REQUIRE_API_KEY)
+router = SecuredRouter(tags=["invoices"])
 
 
 @router.post(

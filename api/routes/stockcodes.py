@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
 from api import crud, schemas
-from api.deps import REQUIRE_API_KEY, SessionDep, StockCodePath
+from api.deps import SecuredRouter, SessionDep, StockCodePath
 
-router = APIRouter(tags=["stock codes"], dependencies=REQUIRE_API_KEY)
+router = SecuredRouter(tags=["stock codes"])
 
 
 @router.get("/stockcode/{stockcode}", response_model=schemas.StockCodePublic)

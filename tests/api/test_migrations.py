@@ -20,7 +20,15 @@ from tests.api.helpers import AUTH, invoice, line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC = [sys.executable, "-m", "alembic", "-c", "api/alembic.ini"]
-TABLES = {"alembic_version", "customers", "invoices", "invoice_lines", "outbox_events"}
+TABLES = {
+    "alembic_version",
+    "customers",
+    "invoices",
+    "invoice_lines",
+    "outbox_events",
+    "api_keys",
+    "oauth_clients",
+}
 
 
 def head_revision() -> str:
