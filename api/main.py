@@ -243,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_observability(app, settings)
     # The credentials check of every data operation (api/auth/deps.py), with the per-identity rate limit.
     app.state.authenticator = Authenticator(
-        settings, app.state.sessions, limiter=app.state.limiter, metrics=app.state.metrics
+        settings, app.state.engine, limiter=app.state.limiter, metrics=app.state.metrics
     )
     _add_exception_handlers(app)
     routers = (health.router, token.router, customers.router, invoices.router, stockcodes.router, bulk.router)

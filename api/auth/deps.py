@@ -23,7 +23,7 @@ from fastapi import APIRouter, HTTPException, Request, Security, params, status
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
 from fastapi.security.utils import get_authorization_scheme_param
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import keys, security
@@ -96,7 +96,7 @@ class Authenticator:
     def __init__(
         self,
         settings: Settings,
-        sessions: sessionmaker[Session],
+        engine: Engine,
         *,
         limiter: Limiter | None = None,
         metrics: Metrics | None = None,
@@ -121,7 +121,7 @@ class Authenticator:
                 expire_seconds=settings.TOKEN_EXPIRE_SECONDS,
             )
         )
-        self.sessions = sessions
+        self.engine = engine
         self.limiter = limiter
         self.metrics = metrics
 
@@ -152,7 +152,7 @@ class Authenticator:
             claims = security.verify_token(self.tokens, token)
         except security.InvalidToken as error:
             raise _invalid_token(str(error)) from None
-        client = await run_in_threadpool(self._find_client, claims.client_id)
+        client = await run_in_threadpool(self.find_client, claims.client_id)
         if client is None or client.generation != claims.generation:
             raise _invalid_token("the access token's client was revoked or its secret rotated")
         # What the token was issued for, and never more than the client holds now.
@@ -172,13 +172,14 @@ class Authenticator:
                 self.metrics.rate_limited.labels(route).inc()
             raise RateLimitExceeded(self.limiter.rate.text, decision.retry_after)
 
-    def _find_key(self, prefix: str) -> Any:
-        with self.sessions() as session:
-            return keys.find_active_key(session, prefix=prefix)
+    def _find_key(self, prefix: str) -> keys.ActiveKey | None:
+        with self.engine.connect() as connection:
+            return keys.find_active_key(connection, prefix=prefix)
 
-    def _find_client(self, client_id: str) -> Any:
-        with self.sessions() as session:
-            return keys.find_active_client(session, client_id=client_id)
+    def find_client(self, client_id: str) -> keys.ActiveClient | None:
+        """The client in use with this id (blocking: call it from the thread pool)."""
+        with self.engine.connect() as connection:
+            return keys.find_active_client(connection, client_id=client_id)
 
 
 def _unauthorized(detail: str, challenge: str) -> HTTPException:

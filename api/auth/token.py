@@ -17,7 +17,7 @@ from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
 
-from api.auth import keys, security
+from api.auth import security
 from api.auth.deps import REALM, TOKEN_URL, Authenticator
 from api.auth.schemas import OAuthErrorPublic, TokenPublic
 
@@ -83,8 +83,7 @@ def issue_access_token(
                 "unsupported_grant_type", "this service issues no tokens (TOKEN_SECRET is not set)"
             )
         client_id, client_secret = _client_credentials(client_id, client_secret, authorization)
-        with authenticator.sessions() as session:
-            client = keys.find_active_client(session, client_id=client_id)
+        client = authenticator.find_client(client_id)
         # Argon2 is checked even for an unknown id: the answer's time does not tell ids apart.
         if not security.client_secret_matches(client_secret, client.secret_hash if client else None):
             raise OAuthError("invalid_client", "unknown client or wrong secret", status=401)
