@@ -120,9 +120,17 @@ def _dummy_hash() -> str:
     return _password_hash.hash(secrets.token_urlsafe(16))
 
 
+_CLIENT_ID = re.compile(r"rc_[0-9a-f]{24}")
+
+
 def new_client_id() -> str:
     """A public client id, `rc_` and 24 hex digits."""
     return f"rc_{secrets.token_hex(12)}"
+
+
+def is_client_id(text: str) -> bool:
+    """Whether `text` has the form of a client id."""
+    return _CLIENT_ID.fullmatch(text) is not None
 
 
 def new_client_secret() -> str:

@@ -83,11 +83,12 @@ def issue_access_token(
                 "unsupported_grant_type", "this service issues no tokens (TOKEN_SECRET is not set)"
             )
         client_id, client_secret = _client_credentials(client_id, client_secret, authorization)
-        client = authenticator.find_client(client_id)
+        # Only a well-formed id is looked up: nothing a client sends reaches the database unchecked.
+        client = authenticator.find_client(client_id) if security.is_client_id(client_id) else None
         # Argon2 is checked even for an unknown id: the answer's time does not tell ids apart.
-        if not security.client_secret_matches(client_secret, client.secret_hash if client else None):
+        matched = security.client_secret_matches(client_secret, client.secret_hash if client else None)
+        if client is None or not matched:
             raise OAuthError("invalid_client", "unknown client or wrong secret", status=401)
-        assert client is not None
         scopes = _scopes(scope, held=tuple(client.scopes.split()))
     except OAuthError as error:
         logger.info("token refused: %s (%s)", error.error, error)

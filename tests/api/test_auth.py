@@ -257,6 +257,12 @@ def test_a_token_can_be_narrowed_to_fewer_scopes(cli: Cli, anonymous: TestClient
             401,
             "invalid_client",
         ),
+        # A NUL, which PostgreSQL cannot even compare, never reaches the database.
+        (
+            {"grant_type": "client_credentials", "client_id": "rc_\x00" + "9" * 40, "client_secret": "x"},
+            401,
+            "invalid_client",
+        ),
         (
             {
                 "grant_type": "client_credentials",
