@@ -31,7 +31,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-
 def get_identity(request: Request) -> Identity:
     """The caller, as the operation's scope check found it (data routers are `SecuredRouter`s, which
     check the credentials and scope of every operation before its handler's parameters)."""
