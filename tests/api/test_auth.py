@@ -430,3 +430,20 @@ def test_production_without_token_secret_refuses_tokens(sqlite_url: str) -> None
         assert refused.status_code == 401
         assert "accepts no access tokens" in refused.json()["detail"]
         assert client.get("/customer/1", headers=AUTH).status_code == 404
+
+
+def test_the_access_log_names_the_identity(
+    cli: Cli, anonymous: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = create_key(cli, "etl", "read")
+    caplog.set_level("INFO", logger="api.access")
+    anonymous.get("/customer/17850", headers=key_headers(key))
+    anonymous.get("/customer/17850", headers=AUTH)
+    anonymous.get("/customer/17850", headers=key_headers("wrong"))
+    access = [record for record in caplog.records if record.name == "api.access"]
+    assert [(record.status, record.identity) for record in access] == [  # type: ignore[attr-defined]
+        (404, "key:etl"),
+        (404, "bootstrap"),
+        (401, None),
+    ]
+    assert all(key not in record.getMessage() for record in access)
