@@ -283,12 +283,14 @@ class PostgresWarehouse(Warehouse):
     transaction. A connection lost mid-day rolls the day back and the day is retried (it is idempotent)."""
 
     def __init__(self, target: WarehouseTarget) -> None:
+        import psycopg
         import sqlalchemy
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
         super().__init__(target)
-        self._sqlalchemy_errors = SQLAlchemyError
-        self._retried: tuple[type[BaseException], ...] = (OperationalError,)
+        # The COPY runs on psycopg's own connection: its errors arrive unwrapped by SQLAlchemy.
+        self._errors: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error)
+        self._retried: tuple[type[BaseException], ...] = (OperationalError, psycopg.OperationalError)
         self._text = sqlalchemy.text
         self.engine = sqlalchemy.create_engine(
             target.location, pool_pre_ping=True, connect_args={"connect_timeout": 5}
@@ -301,7 +303,7 @@ class PostgresWarehouse(Warehouse):
 
         try:
             connection_retrying(self._retried, f"warehouse {target.display}")(create_tables)
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             self.engine.dispose()
             raise DestinationError(
                 f"cannot open the warehouse {target.display}: {one_line(getattr(exc, 'orig', None) or exc)}"
@@ -335,7 +337,7 @@ class PostgresWarehouse(Warehouse):
     def _guard(self, doing: str, action: Callable[[], T]) -> T:
         try:
             return connection_retrying(self._retried, f"warehouse {self.display}: {doing}")(action)
-        except self._sqlalchemy_errors as exc:
+        except self._errors as exc:
             detail = one_line(getattr(exc, "orig", None) or exc)
             raise DestinationError(f"warehouse {self.display}: {doing} failed: {detail}") from exc
 
