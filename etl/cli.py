@@ -203,7 +203,7 @@ def summary_table(report: Mapping[str, object]) -> Table:
     """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
     table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
     table.add_column("what")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # URLs fold, never lose their end
     days = report.get("days") or []
     assert isinstance(days, list)
     table.add_row("source", f"{report['source']} ({report['shape']})")
@@ -218,7 +218,8 @@ def summary_table(report: Mapping[str, object]) -> Table:
     destinations = report.get("destinations") or {}
     assert isinstance(destinations, dict)
     for name, received in destinations.items():
-        table.add_row(name, _received(received))
+        for what, value in _destination_rows(name, received):
+            table.add_row(what, value)
     seconds = report.get("seconds") or {}
     assert isinstance(seconds, dict)
     for stage, value in seconds.items():
@@ -226,18 +227,19 @@ def summary_table(report: Mapping[str, object]) -> Table:
     return table
 
 
-def _received(received: Mapping[str, object]) -> str:
-    """One summary cell: where a destination is and what it took (`url: 4 days, 8,326 lines, ...`)."""
+def _destination_rows(name: str, received: Mapping[str, object]) -> list[tuple[str, str]]:
+    """Summary rows of one destination: where it is, and what it received (days, rows per table)."""
     rows = received.get("rows") or {}
     assert isinstance(rows, dict)
     place = str(received.get("url", ""))
     if received.get("exchange"):
-        place += f" exchange {received['exchange']}: {received.get('messages', 0):,} messages for"
-    else:
-        place += ":"
-    parts = [f"{received.get('days', 0):,} days"]
-    parts += [f"{count:,} {name.replace('_', ' ')}" for name, count in rows.items()]
-    return f"{place} " + ", ".join(parts)
+        place += f" exchange {received['exchange']}"
+    taken = f"{received.get('days', 0):,} days: " + ", ".join(
+        f"{count:,} {table.replace('_', ' ')}" for table, count in rows.items()
+    )
+    if "messages" in received:
+        taken = f"{received['messages']:,} messages for {taken}"
+    return [(name, place), (f"{name} received", taken)]
 
 
 def main() -> None:

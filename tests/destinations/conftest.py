@@ -3,7 +3,6 @@ a throw-away PostgreSQL database, and the real broker with a test's own exchange
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from etl.schema import DayRange, ValidatedSource
 from etl.validate import validate
 from tests.etl.conftest import SAMPLE_CSV, snapshot_of
 from tests.events.conftest import consumer, rabbitmq  # the real broker's fixtures
-from tests.support.postgres import temporary_database
 
 __all__ = ["consumer", "rabbitmq"]
 
@@ -48,7 +46,7 @@ def lake_days(sample_lake: Path, validated: ValidatedSource) -> list[DayTables]:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database, as a plain `postgresql://` URL (the form a user gives `--warehouse`)."""
-    with temporary_database("retail_wh") as url:
-        yield url.replace("postgresql+psycopg://", "postgresql://", 1)
+def plain_postgres_url(postgres_url: str) -> str:
+    """The fresh database of `tests/conftest.py`'s `postgres_url` as a plain `postgresql://` URL, the form
+    a user gives `--warehouse` (and the one psycopg takes)."""
+    return postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)

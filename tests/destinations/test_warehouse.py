@@ -65,7 +65,7 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
     if request.param == "duckdb":
         yield duckdb_warehouse(tmp_path / "wh" / "warehouse.duckdb")
     else:
-        yield postgres_warehouse(request.getfixturevalue("postgres_url"))
+        yield postgres_warehouse(request.getfixturevalue("plain_postgres_url"))
 
 
 def rows_of(warehouse: Warehouse, table: str) -> list[tuple[Any, ...]]:
