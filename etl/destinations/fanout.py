@@ -14,14 +14,14 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from etl.destinations.base import DAY_TABLES, DayReceipt, DayTables, Destination
-from etl.destinations.queue import QueueDestination, check_notify_url
+from etl.destinations.queue import DEFAULT_EXCHANGE, QueueDestination, check_notify_url
 from etl.destinations.warehouse import open_warehouse, parse_warehouse_url
 
 log = logging.getLogger("etl.destinations")
 
 
 def check_destinations(
-    warehouse: str | None, notify: str | None, *, exchange: str, connect: bool = True
+    warehouse: str | None, notify: str | None, *, exchange: str = DEFAULT_EXCHANGE, connect: bool = True
 ) -> None:
     """Fail with `DestinationError` before the run writes anything when a destination's URL is bad or,
     with `connect`, when it cannot be reached (the warehouse's tables are created then)."""

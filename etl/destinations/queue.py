@@ -35,7 +35,7 @@ from etl.destinations.base import (
     one_line,
     redact,
 )
-from etl.errors import DestinationError, ReconciliationError
+from etl.errors import DestinationError, DestinationUrlError, ReconciliationError
 
 DEFAULT_EXCHANGE = "retail.lake"
 PUBLISHED = "day.published"
@@ -44,11 +44,11 @@ _SCHEMES = ("amqp", "amqps")
 
 
 def check_notify_url(url: str) -> str:
-    """`url` when it is an AMQP URL; `DestinationError` otherwise."""
+    """`url` when it is an AMQP URL; `DestinationUrlError` otherwise."""
     value = url.strip()
     scheme = value.split("://", 1)[0].lower() if "://" in value else ""
     if scheme not in _SCHEMES:
-        raise DestinationError(
+        raise DestinationUrlError(
             f"unsupported notify URL {redact(value)!r}: use amqp://user:password@host:5672/vhost (or amqps://)"
         )
     return value
@@ -95,7 +95,7 @@ class QueueDestination:
 
         self.url = check_notify_url(url)
         if not exchange:
-            raise DestinationError("the notify exchange name is empty")
+            raise DestinationUrlError("the notify exchange name is empty")
         self.display = redact(self.url)
         self.exchange = exchange
         self.lake = lake

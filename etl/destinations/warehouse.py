@@ -37,7 +37,7 @@ from etl.destinations.base import (
     one_line,
     redact,
 )
-from etl.errors import DestinationError
+from etl.errors import DestinationError, DestinationUrlError
 
 T = TypeVar("T")
 
@@ -133,10 +133,10 @@ class WarehouseTarget:
 
 
 def parse_warehouse_url(url: str) -> WarehouseTarget:
-    """Which warehouse `url` names; `DestinationError` for an empty value or an unknown scheme."""
+    """Which warehouse `url` names; `DestinationUrlError` for an empty value or an unknown scheme."""
     value = url.strip()
     if not value:
-        raise DestinationError("--warehouse is empty: give a DuckDB file path or a postgresql:// URL")
+        raise DestinationUrlError("--warehouse is empty: give a DuckDB file path or a postgresql:// URL")
     match = _SCHEME.match(value)
     if match is None:
         return WarehouseTarget("duckdb", value, f"duckdb:///{value}")
@@ -144,14 +144,14 @@ def parse_warehouse_url(url: str) -> WarehouseTarget:
     if scheme == "duckdb":
         path = value[len("duckdb:///") :] if value.lower().startswith("duckdb:///") else ""
         if not path:
-            raise DestinationError(
+            raise DestinationUrlError(
                 f"warehouse URL {value!r} names no file: use duckdb:///path/warehouse.duckdb"
             )
         return WarehouseTarget("duckdb", path, value)
     if scheme in _POSTGRES_SCHEMES:
         location = "postgresql+psycopg://" + value[match.end() :]
         return WarehouseTarget("postgresql", location, redact(value))
-    raise DestinationError(
+    raise DestinationUrlError(
         f"unsupported warehouse URL scheme {scheme!r} in {redact(value)}: use postgresql://..., "
         "duckdb:///path/warehouse.duckdb or a file path"
     )
