@@ -56,7 +56,10 @@ def load_warehouse(
     """Load and verify `days` in the warehouse at `url`; returns what it received (for the summary)."""
     warehouse = open_warehouse(url)
     try:
-        receipts = deliver(warehouse, days, replaced=replaced)
+        # All the run's days in one transaction, then every day verified: the per-day path of `deliver`
+        # costs a transaction and three queries per day (the full year took 15 s that way, measured).
+        receipts = warehouse.publish_days(days, replaced=replaced)
+        warehouse.verify_days({day.day: day.totals() for day in days})
     finally:
         warehouse.close()
     summary = {"url": warehouse.display, **_received(receipts)}

@@ -1,8 +1,8 @@
 """The lake as a destination: a thin adapter over `etl.lake`, which does the writing.
 
 The lake is the first destination and the reference for the others: they receive each day as
-`read_day` reads it back from the lake's files (rows, and each file's sha256), so what a warehouse loads
-and what a message announces is what a lake reader gets.
+`read_days` reads it back from the lake (rows, and each day file's sha256), so what a warehouse loads and
+what a message announces is what a lake reader gets.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl import lake as lake_stage
@@ -20,6 +22,7 @@ from etl.destinations.base import DAY_TABLES, DayFile, DayReceipt, DayTables, Da
 from etl.errors import LakeError
 from etl.schema import CUSTOMER_SCHEMA, REJECT_SCHEMA, ServiceSnapshot
 
+_EPOCH = dt.date(1970, 1, 1)
 #: A day partition's one file, as `etl.lake` names it (`<table>/invoice_day=<day>/part-0.parquet`).
 DAY_FILE = "part-0.parquet"
 
@@ -89,25 +92,35 @@ class LakeDestination:
 
     def read_day(self, day: dt.date) -> DayTables:
         """The day as the lake holds it: each table's rows (`etl.lake.TABLE_SCHEMAS`) and its file's
-        sha256, both from the same bytes. A table without a file for the day is empty."""
-        fs, base = lake_stage.filesystem(self.root, self.storage_options)
-        tables: dict[str, pa.Table] = {}
-        files: dict[str, DayFile] = {}
-        for table in DAY_TABLES:
-            relative = f"{table}/{lake_stage.PARTITION_COLUMN}={day.isoformat()}/{DAY_FILE}"
-            data = _read_bytes(fs, f"{base}/{relative}", self.root)
-            if data is None:
-                tables[table] = lake_stage.TABLE_SCHEMAS[table].empty_table()
-                files[table] = DayFile(rows=0)
-                continue
-            rows = _with_day(pq.read_table(pa.BufferReader(data)), table, day)
-            tables[table] = rows
-            files[table] = DayFile(rows=rows.num_rows, path=relative, sha256=hashlib.sha256(data).hexdigest())
-        return DayTables(day, tables, files)
+        sha256. A table without a file for the day is empty."""
+        return self.read_days([day])[0]
 
     def read_days(self, days: Sequence[dt.date]) -> list[DayTables]:
-        """`read_day` for each of `days`, in order."""
-        return [self.read_day(day) for day in days]
+        """`read_day` for each of `days`, in order: each table is read once for all the days (a
+        dataset scan; one file at a time cost 1.4 s more for the full data set) and then split by day."""
+        if not days:
+            return []
+        tables = {
+            table: _split_by_day(
+                lake_stage.read_lake_table(self.root, table, days, storage_options=self.storage_options), days
+            )
+            for table in DAY_TABLES
+        }
+        fs, base = lake_stage.filesystem(self.root, self.storage_options)
+        read: list[DayTables] = []
+        for index, day in enumerate(days):
+            files: dict[str, DayFile] = {}
+            for table in DAY_TABLES:
+                relative = f"{table}/{lake_stage.PARTITION_COLUMN}={day.isoformat()}/{DAY_FILE}"
+                data = _read_bytes(fs, f"{base}/{relative}", self.root)
+                rows = tables[table][index].num_rows
+                files[table] = (
+                    DayFile(rows=rows)
+                    if data is None
+                    else DayFile(rows=rows, path=relative, sha256=hashlib.sha256(data).hexdigest())
+                )
+            read.append(DayTables(day, {table: tables[table][index] for table in DAY_TABLES}, files))
+        return read
 
     def verify_day(self, day: dt.date, expected: DayTotals) -> None:
         """Raise `ReconciliationError` unless the lake's day has `expected` totals."""
@@ -154,9 +167,10 @@ def _read_bytes(fs: Any, path: str, root: str) -> bytes | None:
         raise LakeError(f"cannot read {path} in the lake at {root}: {one_line(exc)}") from exc
 
 
-def _with_day(rows: pa.Table, table: str, day: dt.date) -> pa.Table:
-    """A day file's rows with the partition column the path carries, in the lake's table schema."""
-    schema = lake_stage.TABLE_SCHEMAS[table]
-    column = pa.array([day] * rows.num_rows, pa.date32())
-    with_day = rows.append_column(lake_stage.PARTITION_COLUMN, column)
-    return with_day.select(schema.names).cast(schema)
+def _split_by_day(table: pa.Table, days: Sequence[dt.date]) -> list[pa.Table]:
+    """The rows of each of `days` in `table`, which `read_lake_table` returns sorted by day."""
+    ordinals = pc.cast(table[lake_stage.PARTITION_COLUMN], pa.int32()).to_numpy()
+    wanted = np.array([(day - _EPOCH).days for day in days], dtype=np.int32)
+    starts = np.searchsorted(ordinals, wanted, side="left")
+    stops = np.searchsorted(ordinals, wanted, side="right")
+    return [table.slice(int(a), int(b - a)) for a, b in zip(starts, stops, strict=True)]

@@ -14,7 +14,8 @@ from etl.destinations.base import DayTables
 from etl.destinations.fanout import notify_days
 from etl.destinations.queue import PUBLISHED, REPLACED, QueueDestination, check_notify_url
 from etl.errors import DestinationError, ReconciliationError
-from tests.events.support import EventConsumer
+from tests.events.forwarder import TcpForwarder
+from tests.events.support import BROKER_HOST, BROKER_PORT, EventConsumer, broker_url
 from tests.support.service import free_port
 
 
@@ -107,3 +108,46 @@ def test_an_unreachable_broker_fails_after_retries_in_one_line(sample_lake: Path
     message = str(failure.value)
     assert message.startswith(f"cannot reach the broker at amqp://guest:***@127.0.0.1:{port}/")
     assert "secret" not in message and "\n" not in message
+
+
+def test_a_connection_cut_between_two_days_is_retried_on_a_new_one(
+    rabbitmq: str, consumer: EventConsumer, sample_lake: Path, lake_days: list[DayTables]
+) -> None:
+    broker = TcpForwarder((BROKER_HOST, BROKER_PORT))
+    broker.open()
+    try:
+        queue = QueueDestination(
+            broker_url(broker.port), lake=str(sample_lake), run_id="r", exchange=consumer.exchange
+        )
+        try:
+            queue.publish_day(lake_days[0])
+            broker.close()  # the broker "crashes": the open connection is cut
+            broker.open()  # and is back
+            queue.publish_day(lake_days[1])  # the first attempt fails on the dead connection
+            queue.verify_day(lake_days[1].day, lake_days[1].totals())
+        finally:
+            queue.close()
+        assert broker.connections == 2
+    finally:
+        broker.close()
+    assert consumer.collect(lambda c: len(c.messages) >= 2, timeout=10)
+    assert [m.event["day"] for m in consumer.messages] == ["2010-12-01", "2010-12-02"]
+
+
+def test_a_broker_gone_for_good_fails_the_day_in_one_line(
+    rabbitmq: str, consumer: EventConsumer, sample_lake: Path, lake_days: list[DayTables]
+) -> None:
+    broker = TcpForwarder((BROKER_HOST, BROKER_PORT))
+    broker.open()
+    queue = QueueDestination(
+        broker_url(broker.port), lake=str(sample_lake), run_id="r", exchange=consumer.exchange
+    )
+    broker.close()  # and never back
+    try:
+        with pytest.raises(DestinationError, match="the message for 2010-12-01 was not confirmed") as failure:
+            queue.publish_day(lake_days[0])
+    finally:
+        queue.close()
+    assert "\n" not in str(failure.value)
+    with pytest.raises(ReconciliationError):
+        queue.verify_day(lake_days[0].day, lake_days[0].totals())
