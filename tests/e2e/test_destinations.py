@@ -234,12 +234,12 @@ def test_a_bad_destination_is_one_line_and_nothing_is_written_or_posted(
 
 
 @pytest.mark.rabbitmq
-def test_a_day_the_warehouse_refuses_is_never_announced(service: LiveService, tmp_path: Path) -> None:
+def test_days_the_warehouse_refuses_are_never_announced(service: LiveService, tmp_path: Path) -> None:
     import duckdb
 
     lake, warehouse, exchange = tmp_path / "lake", tmp_path / "retail.duckdb", unique_exchange()
     # A warehouse whose own rule refuses the first day's first stock code: opening it works (its tables
-    # exist), loading 2010-12-01 fails.
+    # exist), loading the run's days (one transaction) fails.
     with duckdb.connect(str(warehouse)) as con:
         con.execute(
             "CREATE TABLE invoice_lines (invoice_day DATE NOT NULL, invoice_no VARCHAR NOT NULL,"
@@ -264,7 +264,7 @@ def test_a_day_the_warehouse_refuses_is_never_announced(service: LiveService, tm
         consumer.stop()
 
     assert result.returncode == EXIT_DESTINATION, result.stderr[-3000:]
-    assert_one_line_error(result.stderr, "loading 2010-12-01 failed", "85123A")
+    assert_one_line_error(result.stderr, "loading 2010-12-01..2011-09-25 failed", "85123A")
     assert consumer.seen == []
     # The lake was published first and stays (a rerun after fixing the warehouse completes the run).
     assert sorted(p.name for p in (lake / "invoice_lines").iterdir()) == [
