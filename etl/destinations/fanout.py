@@ -57,7 +57,7 @@ def load_warehouse(
     warehouse = open_warehouse(url)
     try:
         # All the run's days in one transaction, then every day verified: the per-day path of `deliver`
-        # costs a transaction and three queries per day (the full year took 15 s that way, measured).
+        # costs a transaction and three queries per day (the full year: 20 s against 2.6 s on DuckDB).
         receipts = warehouse.publish_days(days, replaced=replaced)
         warehouse.verify_days({day.day: day.totals() for day in days})
     finally:
