@@ -97,7 +97,8 @@ class LakeDestination:
 
     def read_days(self, days: Sequence[dt.date]) -> list[DayTables]:
         """`read_day` for each of `days`, in order: each table is read once for all the days (a
-        dataset scan; one file at a time cost 1.4 s more for the full data set) and then split by day."""
+        dataset scan: for the full data set 1.6-2.3 s, where reading file by file took 3.6-5.0 s,
+        measured side by side, same rows and hashes) and then split by day."""
         if not days:
             return []
         tables = {
