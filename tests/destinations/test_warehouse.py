@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -253,3 +255,52 @@ def test_an_unreachable_postgres_fails_after_retries_in_one_line() -> None:
     message = str(failure.value)
     assert message.startswith(f"cannot open the warehouse postgresql://postgres:***@127.0.0.1:{port}/retail")
     assert "secret" not in message and "\n" not in message
+
+
+def test_a_duckdb_file_held_by_another_process_fails_after_retries_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "held.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True);"
+            " sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(
+            DestinationError, match=r"cannot open the warehouse .*Could not set lock"
+        ) as failure:
+            open_warehouse(str(path))
+        assert "\n" not in str(failure.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+    open_warehouse(str(path)).close()  # free again once the other process is gone
+
+
+@pytest.mark.postgres
+def test_a_postgres_connection_killed_between_loads_is_replaced(
+    plain_postgres_url: str, lake_days: list[DayTables]
+) -> None:
+    import psycopg
+
+    target = open_warehouse(plain_postgres_url)
+    try:
+        target.publish_days(lake_days[:1])
+        with psycopg.connect(plain_postgres_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1  # the warehouse's pooled connection
+        target.publish_days(lake_days)
+        target.verify_days({day.day: day.totals() for day in lake_days})
+    finally:
+        target.close()
