@@ -63,6 +63,8 @@ def load_warehouse(
     finally:
         warehouse.close()
     summary = {"url": warehouse.display, **_received(receipts)}
+    # The warehouse keeps one row per customer: say how many, not the sum of the days' customers.
+    summary["rows"]["customers"] = warehouse.customers_upserted
     log.info("warehouse loaded", extra={"warehouse": warehouse.display, **summary["rows"]})
     return summary
 

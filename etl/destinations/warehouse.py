@@ -183,6 +183,8 @@ class Warehouse:
 
     def __init__(self, target: WarehouseTarget) -> None:
         self.target = target
+        #: Distinct customers upserted by the last `publish_days` (a customer of several days once).
+        self.customers_upserted = 0
 
     @property
     def display(self) -> str:
@@ -202,6 +204,7 @@ class Warehouse:
         customers = _run_customers(days)
         span = f"{run_days[0]}" if len(run_days) == 1 else f"{min(run_days)}..{max(run_days)}"
         self._guard(f"loading {span}", lambda: self._replace(run_days, lines, invoices, customers))
+        self.customers_upserted = customers.num_rows
         return [
             DayReceipt(
                 self.name,
