@@ -90,16 +90,23 @@ def _setting(value: str | None, variable: str, env: str, param: str) -> str:
     return str(resolved)
 
 
+def _optional_setting(value: str | None, variable: str, env: str) -> str | None:
+    """Like `_setting`, for a destination that may be left out: None when nothing names it."""
+    resolved = value or Variable.get(variable, default=None) or os.environ.get(env)
+    return str(resolved) if resolved else None
+
+
 @contextmanager
 def _fail_without_retry() -> Iterator[None]:
-    """A bad source, a reconciliation difference or unusable params stay the same on a retry: fail the
-    task at once with the job's one-line message instead of retrying it for half an hour."""
-    from etl.errors import ReconciliationError, SourceError
+    """A bad source, a reconciliation difference, a misnamed destination or unusable params stay the
+    same on a retry: fail the task at once with the job's one-line message instead of retrying it for
+    half an hour."""
+    from etl.errors import DestinationUrlError, ReconciliationError, SourceError
     from etl.schedule import RunDaysError
 
     try:
         yield
-    except (SourceError, ReconciliationError, RunDaysError) as exc:
+    except (SourceError, ReconciliationError, RunDaysError, DestinationUrlError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -141,6 +148,26 @@ def _fail_without_retry() -> Iterator[None]:
             title="Lake root",
             description="Path or object-store URL. Empty: Variable retail_lake, else env RETAIL_LAKE.",
         ),
+        "warehouse": Param(
+            None,
+            type=["null", "string"],
+            title="Warehouse",
+            description="DuckDB file (path or duckdb:///path) or postgresql:// URL that receives each day"
+            " after the lake. Empty: Variable retail_warehouse, else env RETAIL_WAREHOUSE_URL, else none.",
+        ),
+        "notify": Param(
+            None,
+            type=["null", "string"],
+            title="Notify",
+            description="amqp:// URL of the broker that hears of each day written. Empty: Variable"
+            " retail_notify, else env RETAIL_NOTIFY_URL, else no message.",
+        ),
+        "notify_exchange": Param(
+            None,
+            type=["null", "string"],
+            title="Notify exchange",
+            description="Exchange of those messages. Empty: env RETAIL_NOTIFY_EXCHANGE, else retail.lake.",
+        ),
     },
     tags=["retail", "etl"],
 )
@@ -158,6 +185,8 @@ def retail_etl() -> None:
     | `post` | posts customers and invoices in bulk, idempotent (pool `retail_api`) | yes |
     | `read_back_and_reconcile` | reads the days back, compares them with the source (pool) | on a diff: no |
     | `write_lake` | replaces the days' partitions, checks them, updates the lake's assets | yes |
+    | `load_warehouse` | loads each day, as the lake holds it, into the warehouse; verifies it | yes |
+    | `notify` | one confirmed message per day (`day.published`) once lake and warehouse hold it | yes |
 
     **Which day.** The run with logical date D covers the data interval [D, D+1) and processes invoice
     day D. Scheduled runs go from 2010-12-01 to 2011-12-09 (`catchup` fills the range); backfill with
@@ -169,6 +198,11 @@ def retail_etl() -> None:
     The source and the lake: params `source`/`lake`, else Variables `retail_source`/`retail_lake`, else env
     `RETAIL_SOURCE`/`RETAIL_LAKE`. Intermediate files live under `<lake>/_work/` and are removed by
     `write_lake`.
+
+    **Other destinations** (each a no-op that says so when not named): the warehouse, param `warehouse`,
+    else Variable `retail_warehouse`, else env `RETAIL_WAREHOUSE_URL`; the broker, param `notify`, else
+    Variable `retail_notify`, else env `RETAIL_NOTIFY_URL` (exchange: param `notify_exchange`, else env
+    `RETAIL_NOTIFY_EXCHANGE`, else `retail.lake`).
     """
 
     @task(task_id="load_and_validate", multiple_outputs=False)
@@ -185,6 +219,14 @@ def retail_etl() -> None:
             )
             source = _setting(params.get("source"), "retail_source", "RETAIL_SOURCE", "source")
             lake = _setting(params.get("lake"), "retail_lake", "RETAIL_LAKE", "lake")
+            # A misnamed destination fails the run here, before anything is posted or written.
+            from etl.destinations.fanout import check_destinations
+
+            check_destinations(
+                _optional_setting(params.get("warehouse"), "retail_warehouse", "RETAIL_WAREHOUSE_URL"),
+                _optional_setting(params.get("notify"), "retail_notify", "RETAIL_NOTIFY_URL"),
+                connect=False,
+            )
 
             from etl.pipeline import task_load_and_validate
 
@@ -225,12 +267,35 @@ def retail_etl() -> None:
             outlet_events[asset].extra = {"lake": str(written["lake"]), "days": list(written["days"])}
         return written
 
+    @task(task_id="load_warehouse", multiple_outputs=False)
+    def load_warehouse(meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Load the run's days, as the lake now holds them, into the warehouse, and verify each."""
+        params = get_current_context()["params"]
+        url = _optional_setting(params.get("warehouse"), "retail_warehouse", "RETAIL_WAREHOUSE_URL")
+        from etl.pipeline import task_load_warehouse
+
+        with _fail_without_retry():
+            return task_load_warehouse(meta, url)
+
+    @task(task_id="notify", multiple_outputs=False)
+    def notify(meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Announce each of the run's days on the broker, now that the lake and the warehouse hold it."""
+        context = get_current_context()
+        params = context["params"]
+        url = _optional_setting(params.get("notify"), "retail_notify", "RETAIL_NOTIFY_URL")
+        from etl.pipeline import task_notify
+
+        with _fail_without_retry():
+            return task_notify(meta, url, str(context["run_id"]), params.get("notify_exchange"))
+
     # Each call returns an XComArg, which Airflow resolves to the upstream task's dict before the call;
     # typed as Any here because the functions are typed for what they receive at run time.
     meta: Any = load_and_validate()
     posted: Any = post(meta)
     reconciled: Any = read_back_and_reconcile(posted)
-    write_lake(reconciled)
+    written: Any = write_lake(reconciled)
+    warehoused: Any = load_warehouse(written)
+    notify(warehoused)
 
 
 retail_etl()

@@ -107,6 +107,26 @@ def run_command(
             help="Prometheus Pushgateway URL that receives the run's metrics. Env RETAIL_PUSHGATEWAY_URL."
         ),
     ] = None,
+    warehouse: Annotated[
+        str | None,
+        typer.Option(
+            help="Also load each day into this warehouse: a DuckDB file (path or duckdb:///path) or"
+            " postgresql://user@host/db. Env RETAIL_WAREHOUSE_URL.",
+            show_default=False,
+        ),
+    ] = None,
+    notify: Annotated[
+        str | None,
+        typer.Option(
+            help="Then announce each day written on this RabbitMQ broker (amqp://user:pass@host:5672/%2F)."
+            " Env RETAIL_NOTIFY_URL.",
+            show_default=False,
+        ),
+    ] = None,
+    notify_exchange: Annotated[
+        str | None,
+        typer.Option(help="Exchange of those messages (default retail.lake). Env RETAIL_NOTIFY_EXCHANGE."),
+    ] = None,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
     from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
@@ -136,6 +156,9 @@ def run_command(
         retry_budget_seconds=settings.retry_budget_seconds,
         request_timeout_seconds=settings.request_timeout_seconds,
         pushgateway_url=pushgateway or settings.pushgateway_url,
+        warehouse_url=warehouse or settings.warehouse_url,
+        notify_url=notify or settings.notify_url,
+        notify_exchange=notify_exchange or settings.notify_exchange,
     )
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)
@@ -180,7 +203,7 @@ def summary_table(report: Mapping[str, object]) -> Table:
     """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
     table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
     table.add_column("what")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # URLs fold, never lose their end
     days = report.get("days") or []
     assert isinstance(days, list)
     table.add_row("source", f"{report['source']} ({report['shape']})")
@@ -192,11 +215,31 @@ def summary_table(report: Mapping[str, object]) -> Table:
     retries = report.get("retries") or {}
     assert isinstance(retries, dict)
     table.add_row("retries", ", ".join(f"{k}: {v}" for k, v in retries.items()) or "0")
+    destinations = report.get("destinations") or {}
+    assert isinstance(destinations, dict)
+    for name, received in destinations.items():
+        for what, value in _destination_rows(name, received):
+            table.add_row(what, value)
     seconds = report.get("seconds") or {}
     assert isinstance(seconds, dict)
     for stage, value in seconds.items():
         table.add_row(f"seconds: {stage}", f"{value:.2f}")
     return table
+
+
+def _destination_rows(name: str, received: Mapping[str, object]) -> list[tuple[str, str]]:
+    """Summary rows of one destination: where it is, and what it received (days, rows per table)."""
+    rows = received.get("rows") or {}
+    assert isinstance(rows, dict)
+    place = str(received.get("url", ""))
+    if received.get("exchange"):
+        place += f" exchange {received['exchange']}"
+    taken = f"{received.get('days', 0):,} days: " + ", ".join(
+        f"{count:,} {table.replace('_', ' ')}" for table, count in rows.items()
+    )
+    if "messages" in received:
+        taken = f"{received['messages']:,} messages for {taken}"
+    return [(name, place), (f"{name} received", taken)]
 
 
 def main() -> None:

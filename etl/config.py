@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class JobSettings(BaseSettings):
-    """Where the service and the lake are, and how hard to push the service."""
+    """Where the service, the lake and the other destinations are, and how hard to push the service."""
 
     model_config = SettingsConfigDict(env_prefix="RETAIL_", env_file=".env", extra="ignore")
 
@@ -31,3 +31,9 @@ class JobSettings(BaseSettings):
     request_timeout_seconds: float = Field(default=60.0, gt=0)
     #: A Prometheus Pushgateway (`http://host:9091`) that receives each run's metrics; unset: no push.
     pushgateway_url: str | None = None
+    #: Load each day into this warehouse too: a DuckDB file path (`duckdb:///...`) or `postgresql://...`.
+    warehouse_url: str | None = None
+    #: Announce each day written on this broker (`amqp://guest:guest@127.0.0.1:5672/%2F`); unset: no message.
+    notify_url: str | None = None
+    #: The topic exchange of those messages (routing key `day.published`).
+    notify_exchange: str = "retail.lake"

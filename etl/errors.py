@@ -35,3 +35,13 @@ class LakeError(EtlError):
     """The lake cannot be written."""
 
     exit_code = 5
+
+
+class DestinationError(EtlError):
+    """A destination besides the lake (warehouse, message queue) is misnamed, unreachable or refused."""
+
+    exit_code = 6
+
+
+class DestinationUrlError(DestinationError):
+    """A destination's URL names no destination the job knows (bad scheme, no path): retrying cannot help."""

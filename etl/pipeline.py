@@ -1,4 +1,5 @@
-"""One run of the job: load → validate → post → read back → reconcile → write the lake.
+"""One run of the job: load → validate → post → read back → reconcile → write the lake → load the
+warehouse → notify (the last two only when asked for; see `etl.destinations`).
 
 `run` chains the stages in memory, for the command line. The `task_*` functions are the same stages cut
 where the DAG's tasks are cut: each reads its input from, and leaves its output in, the run's work folder
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 from etl import lake as lake_stage
 from etl.client import RetailClient, RetryPolicy
 from etl.config import JobSettings
+from etl.destinations import fanout
+from etl.destinations.lake import LakeDestination
 from etl.load import load_source
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import PostReport, post_lines
@@ -56,7 +59,7 @@ log = logging.getLogger("etl.run")
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
     pa.set_memory_pool(pa.system_memory_pool())
 
-STAGES = ("load", "validate", "post", "read back", "reconcile", "write lake")
+STAGES = ("load", "validate", "post", "read back", "reconcile", "write lake", "load warehouse", "notify")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class RunConfig:
     storage_options: Mapping[str, Any] | None = None
     #: Push the run's metrics here (`http://host:9091`) when it ends, reconciled or failed; None: no push.
     pushgateway_url: str | None = None
+    #: Load each day into this warehouse after the lake (`etl.destinations.warehouse`); None: no warehouse.
+    warehouse_url: str | None = None
+    #: Announce each day on this AMQP broker after the lake and the warehouse; None: no message.
+    notify_url: str | None = None
+    notify_exchange: str = "retail.lake"
 
 
 class RunObserver(Protocol):
@@ -127,6 +135,8 @@ class RunReport:
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     #: Rows per stage, seconds per stage, retries by cause, duration, outcome: see `etl.metrics`.
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: What each destination besides the lake received: {"warehouse": {...}, "notify": {...}}.
+    destinations: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (its own lists and dicts, not copies: read, don't change)."""
@@ -233,6 +243,10 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
 
 def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
     """The stages of `run`, filling `report`."""
+    # A misnamed or unreachable destination fails the run here, before anything is posted or written.
+    fanout.check_destinations(
+        config.warehouse_url, config.notify_url, exchange=config.notify_exchange, connect=not config.dry_run
+    )
     with stages.stage("load") as counts:
         raw = load_source(config.source, cache_dir=config.cache_dir)
         report.shape = raw.shape
@@ -271,6 +285,7 @@ def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
             lake_check.raise_for_differences()
             counts["partitions_written"] = written.partitions_written
             counts["lines_written"] = written.rows.get("invoice_lines", 0)
+        _deliver(config, report, stages, days)
     except Exception:
         report.status = "failed"
         _save_report(config, report)
@@ -304,6 +319,33 @@ async def _post_and_read_back(
             # Also when a stage failed: the retries are what explain a failure.
             stages.report.retries = dict(client.retry_stats.by_cause)
     return snapshot
+
+
+def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequence[dt.date]) -> None:
+    """The run's days, as the lake now holds them, into the warehouse and then announced: in that
+    order, so that a message names only days already in the lake and the warehouse."""
+    if not (config.warehouse_url or config.notify_url):
+        return
+    lake = LakeDestination(config.lake, storage_options=config.storage_options)
+    in_lake = lake.read_days(days)
+    if config.warehouse_url:
+        with stages.stage("load warehouse", total=len(days)) as counts:
+            loaded = fanout.load_warehouse(config.warehouse_url, in_lake)
+            report.destinations["warehouse"] = loaded
+            counts["warehouse_days"] = loaded["days"]
+            counts["warehouse_lines"] = loaded["rows"].get("invoice_lines", 0)
+    if config.notify_url:
+        with stages.stage("notify", total=len(days)) as counts:
+            sent = fanout.notify_days(
+                config.notify_url,
+                in_lake,
+                exchange=config.notify_exchange,
+                lake=config.lake,
+                run_id=report.run_id,
+                warehouse=report.destinations.get("warehouse", {}).get("url"),
+            )
+            report.destinations["notify"] = sent
+            counts["messages_published"] = sent["messages"]
 
 
 def _post_counts(posted: PostReport) -> dict[str, int]:
@@ -530,3 +572,38 @@ def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table
 
 def _parse_day(value: str | None) -> dt.date | None:
     return dt.date.fromisoformat(value) if value else None
+
+
+@_dag_task("load warehouse")
+def task_load_warehouse(meta: Mapping[str, Any], warehouse_url: str | None) -> dict[str, Any]:
+    """Load the run's days, as the lake holds them, into the warehouse and verify each; without a
+    warehouse, a no-op that says so."""
+    if not warehouse_url:
+        log.info("no warehouse given: nothing to load")
+        return {**dict(meta), "warehouse": None}
+    days = [dt.date.fromisoformat(d) for d in meta["days"]]
+    in_lake = LakeDestination(str(meta["lake"])).read_days(days)
+    return {**dict(meta), "warehouse": fanout.load_warehouse(warehouse_url, in_lake)}
+
+
+@_dag_task("notify")
+def task_notify(
+    meta: Mapping[str, Any], notify_url: str | None, run_id: str, exchange: str | None = None
+) -> dict[str, Any]:
+    """Announce each of the run's days on the broker, after the lake and the warehouse tasks; without a
+    broker, a no-op that says so."""
+    if not notify_url:
+        log.info("no notify URL given: no message sent")
+        return {**dict(meta), "notify": None}
+    days = [dt.date.fromisoformat(d) for d in meta["days"]]
+    in_lake = LakeDestination(str(meta["lake"])).read_days(days)
+    warehouse = meta.get("warehouse")
+    sent = fanout.notify_days(
+        notify_url,
+        in_lake,
+        exchange=exchange or JobSettings().notify_exchange,
+        lake=str(meta["lake"]),
+        run_id=run_id,
+        warehouse=str(warehouse["url"]) if isinstance(warehouse, Mapping) else None,
+    )
+    return {**dict(meta), "notify": sent}

@@ -37,7 +37,16 @@ AIRFLOW_ENV = {
 }
 os.environ.update(AIRFLOW_ENV)
 # A developer's own settings for the job must not leak into the DAG's run-time fallbacks.
-for name in ("RETAIL_SOURCE", "RETAIL_LAKE", "AIRFLOW_VAR_RETAIL_SOURCE", "AIRFLOW_VAR_RETAIL_LAKE"):
+for name in (
+    "RETAIL_SOURCE",
+    "RETAIL_LAKE",
+    "RETAIL_WAREHOUSE_URL",
+    "RETAIL_NOTIFY_URL",
+    "AIRFLOW_VAR_RETAIL_SOURCE",
+    "AIRFLOW_VAR_RETAIL_LAKE",
+    "AIRFLOW_VAR_RETAIL_WAREHOUSE",
+    "AIRFLOW_VAR_RETAIL_NOTIFY",
+):
     os.environ.pop(name, None)
 
 

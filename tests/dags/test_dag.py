@@ -15,7 +15,7 @@ import pytest
 
 from tests.dags.conftest import DAGS_FOLDER, POOL_SLOTS, REPO
 
-TASKS = ["load_and_validate", "post", "read_back_and_reconcile", "write_lake"]
+TASKS = ["load_and_validate", "post", "read_back_and_reconcile", "write_lake", "load_warehouse", "notify"]
 
 
 def load_dag_module() -> ModuleType:
@@ -58,6 +58,7 @@ def test_tasks_run_in_pipeline_order(retail_dag) -> None:
     for upstream, downstream in itertools.pairwise(TASKS):
         assert retail_dag.get_task(upstream).downstream_task_ids == {downstream}
     assert retail_dag.get_task("load_and_validate").upstream_task_ids == set()
+    assert retail_dag.get_task("notify").downstream_task_ids == set()
 
 
 def test_the_schedule_fills_the_data_set_once_per_day(retail_dag) -> None:
@@ -87,6 +88,8 @@ def test_only_the_service_calls_take_a_slot_of_the_retail_api_pool(retail_dag) -
         "post": "retail_api",
         "read_back_and_reconcile": "retail_api",
         "write_lake": "default_pool",
+        "load_warehouse": "default_pool",
+        "notify": "default_pool",
     }
 
 
@@ -112,7 +115,7 @@ def test_write_lake_updates_one_asset_per_lake_table(retail_dag) -> None:
         (f"retail_lake_{table}", f"x-retail-lake://{table}")
         for table in ("invoice_lines", "invoices", "customers", "rejects")
     }
-    for task_id in TASKS[:-1]:
+    for task_id in set(TASKS) - {"write_lake"}:
         assert retail_dag.get_task(task_id).outlets == []
 
 
@@ -123,7 +126,15 @@ def test_tasks_pass_one_small_xcom_not_one_per_key(retail_dag) -> None:
 
 def test_the_dag_documents_itself_in_the_ui(retail_dag) -> None:
     assert retail_dag.doc_md and retail_dag.doc_md.lstrip().startswith("### Online Retail")
-    for word in ("retail_api", "backfill", "start", "retail_source", "RETAIL_LAKE", *TASKS):
+    for word in (
+        "retail_api",
+        "backfill",
+        "start",
+        "retail_source",
+        "RETAIL_LAKE",
+        "RETAIL_WAREHOUSE_URL",
+        *TASKS,
+    ):
         assert word in retail_dag.doc_md, word
 
 
@@ -131,7 +142,7 @@ def test_params_are_optional_and_dates_are_validated(retail_dag) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     params = retail_dag.params
-    assert set(params) == {"start", "end", "source", "lake"}
+    assert set(params) == {"start", "end", "source", "lake", "warehouse", "notify", "notify_exchange"}
     assert {name: params[name] for name in params} == dict.fromkeys(params, None)
     for name in ("start", "end"):
         param = params.get_param(name)

@@ -100,7 +100,11 @@ def asset_events() -> dict[str, list[dict[str, Any]]]:
 
 
 def test_one_day_runs_end_to_end_into_the_lake(
-    fresh_dag, retail_api_connection: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    fresh_dag,
+    retail_api_connection: Any,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     lake = tmp_path / "lake"
     run = fresh_dag.test(
@@ -111,8 +115,12 @@ def test_one_day_runs_end_to_end_into_the_lake(
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", (states, output.out[-4000:], output.err[-4000:])
     assert states == dict.fromkeys(
-        ["load_and_validate", "post", "read_back_and_reconcile", "write_lake"], "success"
+        ["load_and_validate", "post", "read_back_and_reconcile", "write_lake", "load_warehouse", "notify"],
+        "success",
     )
+    # Without a warehouse or a broker those two tasks do nothing, and say so.
+    assert "no warehouse given: nothing to load" in caplog.text
+    assert "no notify URL given: no message sent" in caplog.text
 
     # The day, and only the day, is in the lake; the day has no rejects, and an empty partition is no file.
     for table in DATA_TABLES:
@@ -178,7 +186,8 @@ def test_a_manual_run_without_logical_date_or_params_fails_at_once_saying_why(
     assert run.state == "failed"
     assert tis["load_and_validate"].state == "failed"
     assert tis["load_and_validate"].try_number == 1, "a run that cannot know its day is not retried"
-    assert {tis[t].state for t in ("post", "read_back_and_reconcile", "write_lake")} == {"upstream_failed"}
+    downstream = ("post", "read_back_and_reconcile", "write_lake", "load_warehouse", "notify")
+    assert {tis[t].state for t in downstream} == {"upstream_failed"}
     assert "RunDaysError: this run has no logical date and no params" in output.out + output.err
 
 
