@@ -257,12 +257,12 @@ def write_lake(
             plan.new_entries[table] = entry
         # Every object is complete on storage before the first commit: a failure up to here changes
         # nothing a reader sees. From here on each commit publishes one whole day, in day order.
-        with _commit_lock(fs, base):
+        with _commit_lock(fs, base) as state:
             for plan in plans:
                 manifest = plan.manifest()
                 if manifest is not None:
                     try:
-                        _commit(fs, base, plan.unit.key, manifest, plan.committed)
+                        _commit(fs, base, plan.unit.key, manifest, plan.committed, state)
                     except _Conflict:
                         raise LakeError(
                             f"cannot write the lake at {root}: {plan.unit.key} was committed by another "
@@ -273,7 +273,7 @@ def write_lake(
                         f"{base}/{entry['object']}" for entry in manifest["tables"].values()
                     )
                     _delete_garbage(fs, base, plan, manifest)
-                new, gone, same = _publish_unit(fs, base, plan, published)
+                new, gone, same = _publish_unit(fs, base, plan, published, state.directories)
                 written.extend(new)
                 removed.extend(gone)
                 unchanged.extend(same)
@@ -620,7 +620,8 @@ def _manifest_path(base: str, key: str) -> str:
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     """Deterministic: the same commit is the same bytes, so a rerun's lake is byte for byte the same."""
-    return json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    # No indent: then json uses its C encoder (a year is 305 manifests per first run).
+    return json.dumps(manifest, sort_keys=True).encode("utf-8") + b"\n"
 
 
 def _parse_manifest(path: str, body: bytes) -> dict[str, Any]:
@@ -644,17 +645,17 @@ def _read_manifests(
     directory = f"{base}/{MANIFEST_DIR}"
     found: dict[str, tuple[bytes, str | None]] = {}
     if _is_local(fs):
-        if keys is None:
-            try:
-                keys = sorted(n[: -len(".json")] for n in os.listdir(directory) if n.endswith(".json"))
-            except FileNotFoundError:
-                return {}
-        for key in keys:
+        # One listing, then only the manifests that exist are opened (a first run opens none).
+        try:
+            present = {n[: -len(".json")] for n in os.listdir(directory) if n.endswith(".json")}
+        except FileNotFoundError:
+            return {}
+        for key in sorted(present) if keys is None else [k for k in keys if k in present]:
             try:
                 with open(_manifest_path(base, key), "rb") as handle:
                     found[key] = (handle.read(), None)
             except FileNotFoundError:
-                continue
+                continue  # removed since the listing: not committed
     else:
         listing = {
             path.rsplit("/", 1)[1][: -len(".json")]: info
@@ -672,21 +673,33 @@ def _read_manifests(
     }
 
 
+@dataclass
+class _CommitState:
+    """What a local writer knows while it holds the commit lock: which manifests exist (no other
+    writer can add one meanwhile) and which directories it made."""
+
+    manifests: set[str] = field(default_factory=set)
+    directories: set[str] = field(default_factory=set)
+
+
 @contextlib.contextmanager
-def _commit_lock(fs: fsspec.AbstractFileSystem, base: str) -> Iterator[None]:
+def _commit_lock(fs: fsspec.AbstractFileSystem, base: str) -> Iterator[_CommitState]:
     """Locally, writers of one lake commit one at a time (compare, then rename, under the lock); on
     object stores the conditional PUT is the lock, so nothing is held there."""
+    state = _CommitState()
     if not _is_local(fs):
-        yield
+        yield state
         return
     import fcntl  # POSIX only, like the rest of the local path's guarantees
 
-    directory = f"{base}/{LAKE_DIR}"
+    directory = f"{base}/{MANIFEST_DIR}"
     os.makedirs(directory, exist_ok=True)
-    handle = os.open(f"{directory}/{_LOCK_NAME}", os.O_RDWR | os.O_CREAT, 0o644)
+    state.directories.add(directory)
+    handle = os.open(f"{base}/{LAKE_DIR}/{_LOCK_NAME}", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        state.manifests = {n[: -len(".json")] for n in os.listdir(directory) if n.endswith(".json")}
+        yield state
     finally:
         os.close(handle)  # releases the lock
 
@@ -697,19 +710,20 @@ def _commit(
     key: str,
     manifest: Mapping[str, Any],
     committed: _Committed | None,
+    state: _CommitState,
 ) -> None:
     """Write the unit's manifest if it is still the one this write read; else raise `_Conflict`."""
     path = _manifest_path(base, key)
     body = _manifest_bytes(manifest)
     if _is_local(fs):
-        try:
+        current: bytes | None = None
+        if key in state.manifests:  # listed under the lock: no other writer adds one now
             with open(path, "rb") as handle:
-                current: bytes | None = handle.read()
-        except FileNotFoundError:
-            current = None
+                current = handle.read()
         if current != (committed.body if committed else None):
             raise _Conflict(key)
-        _put_whole(fs, path, body)
+        _put_whole(fs, path, body, state.directories)
+        state.manifests.add(key)
     elif _is_s3(fs):
         condition = {"IfMatch": committed.etag} if committed and committed.etag else {"IfNoneMatch": "*"}
         try:
@@ -763,7 +777,13 @@ def _is_object_of(unit: _Unit, name: str) -> bool:
 def _list_objects(fs: fsspec.AbstractFileSystem, base: str, plans: Sequence[_UnitPlan]) -> None:
     """Fill each plan's `stored_objects`: the objects in its unit's folder, with their times."""
     if _is_local(fs):
+        try:
+            partitions = set(os.listdir(f"{base}/{OBJECT_DIR}"))
+        except FileNotFoundError:
+            return  # a first write: no object yet
         for plan in plans:
+            if plan.unit.partition not in partitions:
+                continue
             with (
                 contextlib.suppress(FileNotFoundError),
                 os.scandir(f"{base}/{OBJECT_DIR}/{plan.unit.partition}") as entries,
@@ -799,6 +819,7 @@ def _publish_unit(
     base: str,
     plan: _UnitPlan,
     published: Mapping[str, Mapping[str, Mapping[str, Any] | None]],
+    directories: set[str],
 ) -> tuple[list[str], list[str], list[str]]:
     """Make each table's published file the unit's committed object (or remove it if the table has
     no rows now): (files put in place, files removed, files already right)."""
@@ -821,7 +842,7 @@ def _publish_unit(
         if present and _is_published(fs, source, target, entry, published[directory][name]):
             unchanged.append(target)
         else:
-            _publish_file(fs, source, target, replace=present)
+            _publish_file(fs, source, target, replace=present, directories=directories)
             written.append(target)
         removed.extend(_remove_other_files(fs, target, published))
     return written, removed, unchanged
@@ -844,14 +865,18 @@ def _is_published(
     return _stored_digest(fs, target) == entry.get("content_sha256")
 
 
-def _publish_file(fs: fsspec.AbstractFileSystem, source: str, target: str, *, replace: bool) -> None:
+def _publish_file(
+    fs: fsspec.AbstractFileSystem, source: str, target: str, *, replace: bool, directories: set[str]
+) -> None:
     """Put a copy of the committed object `source` at `target`, whole: a reader sees the old file or
     this one."""
     if not _is_local(fs):
         fs.copy(source, target)  # S3: CopyObject, server-side; the new object appears whole
         return
     directory, name = target.rsplit("/", 1)
-    os.makedirs(directory, exist_ok=True)
+    if directory not in directories:
+        os.makedirs(directory, exist_ok=True)
+        directories.add(directory)
     if not replace:
         with contextlib.suppress(FileExistsError):
             _link_or_copy(source, target)  # a new name appears pointing at a complete file
@@ -1078,13 +1103,17 @@ def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, director
         fs.pipe_file(path, data)
 
 
-def _put_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write `data` at `path` so that readers see the old content or all of the new."""
+def _put_whole(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, directories: set[str] | None = None
+) -> None:
+    """Write `data` at `path` so that readers see the old content or all of the new (`directories`:
+    local directories known to exist)."""
     if not _is_local(fs):
         fs.pipe_file(path, data)  # one PUT: an object store shows it whole or not at all
         return
-    _make_parent(fs, path)
     directory, name = path.rsplit("/", 1)
+    if directories is None or directory not in directories:
+        _make_parent(fs, path)
     temporary = f"{directory}/.{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     try:
         with open(temporary, "wb") as out:
