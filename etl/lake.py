@@ -277,6 +277,8 @@ def write_lake(
                 written.extend(new)
                 removed.extend(gone)
                 unchanged.extend(same)
+            if not _is_local(fs):
+                written.extend(_publish_later_commits(fs, base, plans, state.directories))
     except BaseException as exc:
         # Committed days stay (each is whole); objects no manifest names must not linger.
         _discard(fs, sorted(uncommitted))
@@ -846,6 +848,34 @@ def _publish_unit(
             written.append(target)
         removed.extend(_remove_other_files(fs, target, published))
     return written, removed, unchanged
+
+
+def _publish_later_commits(
+    fs: fsspec.AbstractFileSystem, base: str, plans: Sequence[_UnitPlan], directories: set[str]
+) -> list[str]:
+    """On object stores, after publishing: republish the days another writer committed meanwhile.
+
+    Without a lock, writer A may still be copying its objects when B, who committed over A's commit,
+    has published B's; A's copies would then win in the published view. Reading the manifests again
+    after A's copies closes that: any commit later than A's re-read publishes after it. Returns the
+    files put in place."""
+    keys = [plan.unit.key for plan in plans]
+    latest = _read_manifests(fs, base, keys)
+    written: list[str] = []
+    for plan in plans:
+        now = latest.get(plan.unit.key)
+        if now is None or now.manifest["tables"] == plan.tables:
+            continue
+        later = _UnitPlan(plan.unit, now)
+        later.kept = dict(now.manifest["tables"])
+        # A fresh listing of the day's published files: the one taken before this write is stale.
+        fresh: dict[str, dict[str, Mapping[str, Any] | None]] = {}
+        for table in plan.unit.tables:
+            directory = f"{base}/{plan.unit.published(table)}".rsplit("/", 1)[0]
+            fresh[directory] = {p.rsplit("/", 1)[1]: info for p, info in _listing(fs, directory).items()}
+        new, _gone, _same = _publish_unit(fs, base, later, fresh, directories)
+        written.extend(new)
+    return written
 
 
 def _is_published(

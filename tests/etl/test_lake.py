@@ -1085,3 +1085,39 @@ def test_s3_writer_killed_then_rerun(
         .select(LINE_SCHEMA.names)
         .cast(LINE_SCHEMA)
     ).equals(sorted_lines(new))
+
+
+def test_s3_a_commit_over_ours_while_we_publish_wins_the_published_view(
+    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = f"s3://{bucket}/lake"
+    day = sample_snapshot_for(sample_snapshot, DAY1)
+    empty = REJECT_SCHEMA.empty_table()
+    write_lake(root, [DAY1], day, empty, source_fingerprint="x", storage_options=s3_options)
+    ours = ServiceSnapshot(doubled_lines(day), day.customers)
+    theirs = ServiceSnapshot(
+        day.lines.set_column(4, "quantity", pc.multiply(day.lines["quantity"], 3)).cast(LINE_SCHEMA),
+        day.customers,
+    )
+    real_publish = lake_module._publish_unit
+    raced = False
+
+    def another_writer_commits_and_publishes_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal raced
+        if not raced:
+            raced = True
+            # After our commit, before our copies: they commit over ours and publish theirs.
+            write_lake(root, [DAY1], theirs, empty, source_fingerprint="x", storage_options=s3_options)
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(lake_module, "_publish_unit", another_writer_commits_and_publishes_first)
+    report = write_lake(root, [DAY1], ours, empty, source_fingerprint="x", storage_options=s3_options)
+
+    # Our copies landed after theirs; reading the manifest again put their (later) commit back.
+    assert report.manifests_committed == ("invoice_day=2010-12-01",)
+    assert read_lake_table(root, "invoice_lines", storage_options=s3_options).equals(
+        sorted_lines(theirs.lines)
+    )
+    s3 = fsspec.filesystem("s3", **s3_options)
+    plain = pq.read_table(f"{bucket}/lake/invoice_lines", filesystem=s3)
+    assert pc.sum(plain["quantity"]).as_py() == 3 * pc.sum(day.lines["quantity"]).as_py()
