@@ -630,9 +630,9 @@ def _parse_manifest(path: str, body: bytes) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
     except ValueError as exc:
-        raise ValueError(f"manifest {path} is not JSON: {_one_line(exc)}") from exc
+        raise LakeError(f"the lake's manifest {path} is not JSON: {_one_line(exc)}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"manifest {path} is not a format-{MANIFEST_FORMAT} lake manifest")
+        raise LakeError(f"the lake's manifest {path} is not a format-{MANIFEST_FORMAT} lake manifest")
     return manifest
 
 
@@ -908,9 +908,14 @@ def _publish_file(
         os.makedirs(directory, exist_ok=True)
         directories.add(directory)
     if not replace:
-        with contextlib.suppress(FileExistsError):
-            _link_or_copy(source, target)  # a new name appears pointing at a complete file
+        try:
+            os.link(source, target)  # a new name appears pointing at a complete file
             return
+        except OSError as exc:
+            # Someone published it meanwhile, or no hard links here: a copy must not be seen half
+            # made, so it goes by a temporary name like a replacement.
+            if exc.errno != errno.EEXIST and exc.errno not in _NO_LINKS:
+                raise
     temporary = f"{directory}/.{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
     try:
         _link_or_copy(source, temporary)
@@ -921,11 +926,15 @@ def _publish_file(
         raise
 
 
+_NO_LINKS = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP)
+
+
 def _link_or_copy(source: str, target: str) -> None:
+    """`target` (a temporary name) as the same file as `source`, or a copy of it."""
     try:
         os.link(source, target)  # no bytes copied: the committed object and its published name share them
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
+        if exc.errno not in _NO_LINKS:
             raise
         shutil.copyfile(source, target)  # a filesystem without hard links
 

@@ -1121,3 +1121,33 @@ def test_s3_a_commit_over_ours_while_we_publish_wins_the_published_view(
     s3 = fsspec.filesystem("s3", **s3_options)
     plain = pq.read_table(f"{bucket}/lake/invoice_lines", filesystem=s3)
     assert pc.sum(plain["quantity"]).as_py() == 3 * pc.sum(day.lines["quantity"]).as_py()
+
+
+def test_without_hard_links_the_published_files_are_copies(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(1, "Operation not permitted")  # EPERM, as some filesystems answer
+
+    monkeypatch.setattr(lake_module.os, "link", no_links)
+    write_sample(str(lake), sample_snapshot)
+    again = write_sample(str(lake), sample_snapshot)
+
+    manifest = json.loads((lake / "_lake" / "manifests" / "invoice_day=2010-12-01.json").read_text())
+    entry = manifest["tables"]["invoice_lines"]
+    assert not (lake / entry["object"]).samefile(lake / entry["published"])
+    assert (lake / entry["object"]).read_bytes() == (lake / entry["published"]).read_bytes()
+    assert again.files_written == () and len(again.files_unchanged) == 14  # told by the footer digest
+    assert plain_read(lake).equals(sorted_lines(sample_snapshot.lines))
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]
+
+
+def test_a_damaged_manifest_is_a_one_line_lake_error(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    (lake / "_lake" / "manifests" / "invoice_day=2010-12-02.json").write_text('{"tables": ')
+
+    with pytest.raises(LakeError, match=r"manifest .*invoice_day=2010-12-02.json is not JSON") as error:
+        read_lake_table(str(lake), "invoice_lines")
+    assert "\n" not in str(error.value)
+    with pytest.raises(LakeError, match="is not JSON"):
+        write_sample(str(lake), sample_snapshot)
