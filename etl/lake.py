@@ -264,15 +264,23 @@ def write_lake(
                     try:
                         _commit(fs, base, plan.unit.key, manifest, plan.committed, state)
                     except _Conflict:
-                        raise LakeError(
-                            f"cannot write the lake at {root}: {plan.unit.key} was committed by another "
-                            "writer while this one ran; the days before it are committed, rerun for the rest"
-                        ) from None
-                    commits.append(plan.unit.key)
-                    uncommitted.difference_update(
-                        f"{base}/{entry['object']}" for entry in manifest["tables"].values()
-                    )
-                    _delete_garbage(fs, base, plan, manifest)
+                        # Another writer committed the unit meanwhile. The same rows (two runs of one
+                        # source racing over its undated rejects, a retried task and its zombie) are
+                        # this write's outcome too; other rows are refused.
+                        adopted = _adopt(fs, base, plan, uncommitted)
+                        if adopted is None:
+                            raise LakeError(
+                                f"cannot write the lake at {root}: {manifest['unit']} was committed by "
+                                "another writer while this one ran; the days before it are committed, "
+                                "rerun for the rest"
+                            ) from None
+                        plan = adopted
+                    else:
+                        commits.append(plan.unit.key)
+                        uncommitted.difference_update(
+                            f"{base}/{entry['object']}" for entry in manifest["tables"].values()
+                        )
+                        _delete_garbage(fs, base, plan, manifest)
                 new, gone, same = _publish_unit(fs, base, plan, published, state.directories)
                 written.extend(new)
                 removed.extend(gone)
@@ -738,6 +746,26 @@ def _commit(
         # Other fsspec stores (memory://, ...): one PUT is whole, but without a condition two writers
         # of one day at once are not detected.
         fs.pipe_file(path, body)
+
+
+def _adopt(
+    fs: fsspec.AbstractFileSystem, base: str, plan: _UnitPlan, uncommitted: set[str]
+) -> _UnitPlan | None:
+    """After a lost commit: the plan of the unit's current commit if it holds exactly this write's
+    rows (this write's own objects for it are then deleted), else None."""
+    current = _read_manifests(fs, base, [plan.unit.key]).get(plan.unit.key)
+    if current is None:
+        return None
+    theirs = {table: entry.get("content_sha256") for table, entry in current.manifest["tables"].items()}
+    ours = {table: entry.get("content_sha256") for table, entry in plan.tables.items()}
+    if theirs != ours:
+        return None
+    mine = sorted(f"{base}/{entry['object']}" for entry in plan.new_entries.values())
+    _discard(fs, mine)
+    uncommitted.difference_update(mine)
+    adopted = _UnitPlan(plan.unit, current)
+    adopted.kept = dict(current.manifest["tables"])
+    return adopted
 
 
 def _precondition_failed(exc: OSError) -> bool:

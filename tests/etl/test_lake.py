@@ -1151,3 +1151,40 @@ def test_a_damaged_manifest_is_a_one_line_lake_error(lake: Path, sample_snapshot
     assert "\n" not in str(error.value)
     with pytest.raises(LakeError, match="is not JSON"):
         write_sample(str(lake), sample_snapshot)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_two_writers_of_the_same_rows_both_succeed_with_one_commit(
+    store: str,
+    lake: Path,
+    request: pytest.FixtureRequest,
+    sample_snapshot: ServiceSnapshot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two runs of one source at once (the DAG's days in parallel share its undated rejects), or a
+    # retried task racing the attempt it replaced: both write the same rows, both read "no manifest".
+    if store == "s3":
+        options: dict[str, Any] = request.getfixturevalue("s3_options")
+        root = f"s3://{request.getfixturevalue('bucket')}/lake"
+    else:
+        options, root = {}, str(lake)
+    real_stage = lake_module._stage_all
+    other: list[Any] = []
+
+    def the_other_writer_commits_first(*args: Any, **kwargs: Any) -> Any:
+        staged = real_stage(*args, **kwargs)
+        monkeypatch.setattr(lake_module, "_stage_all", real_stage)
+        other.append(write_sample(root, sample_snapshot, storage_options=options))
+        return staged
+
+    monkeypatch.setattr(lake_module, "_stage_all", the_other_writer_commits_first)
+    ours = write_sample(root, sample_snapshot, storage_options=options)
+
+    assert len(other[0].manifests_committed) == 5 and ours.manifests_committed == ()
+    assert read_lake_table(root, "invoice_lines", storage_options=options).equals(
+        sorted_lines(sample_snapshot.lines)
+    )
+    fs, base = lake_module.filesystem(root, options)
+    fs.invalidate_cache()
+    objects = [p for p in fs.find(f"{base}/_lake/objects") if p.endswith(".parquet")]
+    assert len(objects) == 14  # the loser's objects are gone: only the committed ones are left
