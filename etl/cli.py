@@ -35,8 +35,8 @@ EXIT_INTERNAL = 70
 
 
 class Terminated(Exception):
-    """SIGTERM arrived: stop where we are; partitions are only ever renamed into place, so nothing
-    half-written becomes visible."""
+    """SIGTERM arrived: stop where we are; a lake day is only ever committed whole (its manifest last),
+    so nothing half-written becomes visible."""
 
 
 class RichObserver:

@@ -1,5 +1,6 @@
 """Fixtures for the load, validate and lake tests: the sample in every shape users hold it, a local
-HTTP server, an S3 API (moto's server), and a service snapshot built from the validated sample.
+HTTP server, an S3 API (moto's server, its own process), and a service snapshot built from the validated
+sample.
 
 The shapes are built here from the sample CSV, parsed with the `csv` module (independently of the
 loader), with one description made non-ASCII so the encodings are really exercised.
@@ -12,7 +13,6 @@ import datetime as dt
 import functools
 import gzip
 import io
-import socket
 import threading
 import zipfile
 from collections import Counter
@@ -30,6 +30,7 @@ import pytest
 from etl.load import load_source
 from etl.schema import CUSTOMER_SCHEMA, SOURCE_COLUMNS, DayRange, ServiceSnapshot, ValidatedSource
 from etl.validate import validate
+from tests.support.s3 import S3Server, moto_server
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "sample_data" / "online_retail_sample.csv"
 FULL_CSV_GZ = Path("/work/shared/datasets/online_retail/online_retail.csv.gz")
@@ -224,33 +225,19 @@ def file_server(shapes: Shapes) -> Iterator[FileServer]:
 # --- an S3 API --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server as its own process on 127.0.0.1 (a real HTTP S3 API, as the stack runs it)."""
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 (a real HTTP S3 API, in a thread of this process)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint
 
 
 @pytest.fixture
-def s3_options(s3_endpoint: str) -> dict[str, Any]:
+def s3_options(s3_server: S3Server) -> dict[str, Any]:
     """Storage options for s3fs against the moto server; moto accepts any key."""
-    return {
-        "endpoint_url": s3_endpoint,
-        "key": "testing",
-        "secret": "testing",
-        "skip_instance_cache": True,
-    }
+    return s3_server.storage_options

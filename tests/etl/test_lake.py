@@ -4,8 +4,13 @@ replacing days exactly, crash safety, and the same on S3 (moto's server) and `me
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -80,6 +85,34 @@ def all_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def published_files(root: Path) -> list[str]:
+    """What a reader listing the tables sees: no `_lake/` (objects, manifests), no `_runs/`."""
+    return [f for f in all_files(root) if not f.startswith("_")]
+
+
+def lake_state(root: Path) -> dict[str, bytes]:
+    """Every file of the lake but the commit lock: published files, objects and manifests."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".commit.lock"
+    }
+
+
+def plain_read(root: Path) -> pa.Table:
+    """A plain Parquet reader of the lines: lists the folder, knows nothing of manifests."""
+    partitioning = ds.partitioning(pa.schema([("invoice_day", pa.date32())]), flavor="hive")
+    table = ds.dataset(root / "invoice_lines", format="parquet", partitioning=partitioning).to_table()
+    return sorted_lines(table.select(LINE_SCHEMA.names).cast(LINE_SCHEMA))
+
+
+def doubled_lines(snapshot: ServiceSnapshot) -> pa.Table:
+    """The same lines with every quantity doubled: another content for every day."""
+    return snapshot.lines.set_column(4, "quantity", pc.multiply(snapshot.lines["quantity"], 2)).cast(
+        LINE_SCHEMA
+    )
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     return tmp_path / "lake"
@@ -105,9 +138,25 @@ def test_layout_and_exact_round_trip(lake: Path, sample_snapshot: ServiceSnapsho
         "invoice_day=2010-12-02/part-0.parquet",
         f"invoice_day=__HIVE_DEFAULT_PARTITION__/part-{FINGERPRINT}.parquet",
     ]
-    assert len(all_files(lake)) == 4 * 3 + 2 and lake_dir.exists()  # nothing else, no temp files
+    assert len(published_files(lake)) == 4 * 3 + 2 and lake_dir.exists()  # nothing else, no temp files
     assert report.rows == {"invoice_lines": 8326, "invoices": 449, "customers": 331, "rejects": 3}
     assert report.partitions_written == 14 and report.days == SAMPLE_DAYS
+    assert len(report.manifests_committed) == 5  # four days and the source's undated rejects
+
+    # Each published file is its committed object (a hard link: no second copy of the bytes), and the
+    # day's manifest names it with its rows, size and hash.
+    manifest = json.loads((lake / "_lake" / "manifests" / f"{day}.json").read_text())
+    assert sorted(manifest["tables"]) == ["customers", "invoice_lines", "invoices"]
+    entry = manifest["tables"]["invoice_lines"]
+    obj = lake / entry["object"]
+    assert entry["object"].startswith(f"_lake/objects/{day}/invoice_lines.")
+    assert entry["published"] == f"invoice_lines/{day}/part-0.parquet"
+    assert obj.samefile(lake / entry["published"])
+    assert entry["rows"] == lines_of_day(sample_snapshot.lines, DAY1).num_rows
+    assert entry["bytes"] == obj.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(obj.read_bytes()).hexdigest()
+    assert manifest["retired"] == [] and manifest["invoice_day"] == "2010-12-01"
+    assert len([f for f in all_files(lake) if f.startswith("_lake/objects/")]) == 14
 
     lines = read_lake_table(str(lake), "invoice_lines")
     assert lines.schema == LINE_SCHEMA
@@ -371,41 +420,90 @@ def test_undated_rejects_of_several_sources_coexist(lake: Path, sample_snapshot:
 # --- crashes --------------------------------------------------------------------------------------
 
 
-def test_a_crash_mid_write_leaves_each_partition_old_or_new(
+def day_states(lake: Path, old: pa.Table, new: pa.Table) -> tuple[list[str], list[str]]:
+    """Per sample day, "old" or "new" as a manifest reader and as a plain reader see it; fails if a
+    day is neither (a half day, or duplicates)."""
+    committed, plain = [], []
+    everything = plain_read(lake)
+    for day in SAMPLE_DAYS:
+        states = {"old": sorted_lines(lines_of_day(old, day)), "new": sorted_lines(lines_of_day(new, day))}
+        got = read_lake_table(str(lake), "invoice_lines", [day])
+        seen = sorted_lines(lines_of_day(everything, day))
+        committed.append(next(name for name, rows in states.items() if got.equals(rows)))
+        plain.append(next(name for name, rows in states.items() if seen.equals(rows)))
+    return committed, plain
+
+
+def test_a_crash_between_commits_leaves_each_day_old_or_new(
     lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_sample(str(lake), sample_snapshot)
-    old = {day: lines_of_day(sample_snapshot.lines, day) for day in SAMPLE_DAYS}
-    doubled = sample_snapshot.lines.set_column(
-        4, "quantity", pc.multiply(sample_snapshot.lines["quantity"], 2)
-    ).cast(LINE_SCHEMA)
-    new = {day: lines_of_day(doubled, day) for day in SAMPLE_DAYS}
+    doubled = doubled_lines(sample_snapshot)
+    real_commit = lake_module._commit
+    commits = 0
 
-    real_move = lake_module._move
-    moves = 0
-
-    def failing_move(fs: fsspec.AbstractFileSystem, source: str, target: str) -> None:
-        nonlocal moves
-        moves += 1
-        if moves == 3:
+    def failing_commit(*args: Any, **kwargs: Any) -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 3:
             raise OSError("No space left on device")
-        real_move(fs, source, target)
+        real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(lake_module, "_move", failing_move)
+    monkeypatch.setattr(lake_module, "_commit", failing_commit)
     with pytest.raises(LakeError, match=r"cannot write the lake at .*No space left on device"):
         write_sample(str(lake), snapshot_of(doubled))
 
-    states = []
-    for day in SAMPLE_DAYS:
-        got = read_lake_table(str(lake), "invoice_lines", [day])
-        assert got.equals(sorted_lines(old[day])) or got.equals(sorted_lines(new[day]))
-        states.append("new" if got.equals(sorted_lines(new[day])) else "old")
-    assert "new" in states and "old" in states  # the failure really happened mid-way
-    assert not [f for f in all_files(lake) if f.endswith(".tmp")]  # this write's temp files are gone
+    # Days 1 and 2 were committed and published, days 3 and 4 not: both kinds of reader agree.
+    assert day_states(lake, sample_snapshot.lines, doubled) == (["new", "new", "old", "old"],) * 2
+    objects = [f for f in all_files(lake) if f.startswith("_lake/objects/")]
+    # Lines and invoices changed (customers and rejects are the same rows): days 1 and 2 have new
+    # objects for them and keep the ones they replaced for one more commit; this write's objects of
+    # days 3 and 4 were deleted with the failure.
+    assert len(objects) == 14 + 4
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]
 
-    monkeypatch.setattr(lake_module, "_move", real_move)
+    monkeypatch.setattr(lake_module, "_commit", real_commit)
     write_sample(str(lake), snapshot_of(doubled))
     assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(doubled))
+    assert plain_read(lake).equals(sorted_lines(doubled))
+
+
+def test_a_crash_after_a_commit_before_publishing_is_finished_by_the_rerun(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    doubled = doubled_lines(sample_snapshot)
+    real_publish = lake_module._publish_file
+
+    def failing_publish(*args: Any, **kwargs: Any) -> None:
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(lake_module, "_publish_file", failing_publish)
+    with pytest.raises(LakeError, match="connection reset"):
+        write_sample(str(lake), snapshot_of(doubled))
+
+    # Day 1 is committed (manifest readers see it new); its published files are still the old
+    # committed ones, each whole; the later days were not committed at all.
+    assert day_states(lake, sample_snapshot.lines, doubled) == (
+        ["new", "old", "old", "old"],
+        ["old", "old", "old", "old"],
+    )
+    committed = lake_state(lake)
+
+    monkeypatch.setattr(lake_module, "_publish_file", real_publish)
+    report = write_sample(str(lake), snapshot_of(doubled))
+    # Day 1 is committed as it is: the rerun commits nothing there, it finishes publishing it; the
+    # other days are committed and published now.
+    assert report.manifests_committed == (
+        "invoice_day=2010-12-02",
+        "invoice_day=2011-08-12",
+        "invoice_day=2011-09-25",
+    )
+    assert (
+        lake_state(lake)["_lake/manifests/invoice_day=2010-12-01.json"]
+        == (committed["_lake/manifests/invoice_day=2010-12-01.json"])
+    )
+    assert day_states(lake, sample_snapshot.lines, doubled) == (["new"] * 4,) * 2
 
 
 def test_temp_files_of_a_killed_write_are_ignored_then_cleaned(
@@ -607,7 +705,15 @@ def test_s3_round_trip_rerun_and_report(
     assert report.files_written[0].startswith(f"s3://{bucket}/lake/")
     files = _s3_files(bucket, s3_options)
     assert {k: v for k, v in files.items() if "/_runs/" not in k} == before  # byte-identical rerun
-    assert len(before) == 14 and not [k for k in files if k.endswith(".tmp")]
+    published = [k for k in before if "/_lake/" not in k]
+    assert len(published) == 14 and not [k for k in files if k.endswith(".tmp")]
+    assert len([k for k in before if "/_lake/objects/" in k]) == 14
+    assert len([k for k in before if "/_lake/manifests/" in k]) == 5
+    # Each published object is a server-side copy of the committed one: the same bytes.
+    manifest = json.loads(files[f"{bucket}/lake/_lake/manifests/invoice_day=2010-12-01.json"])
+    entry = manifest["tables"]["invoice_lines"]
+    assert files[f"{bucket}/lake/{entry['object']}"] == files[f"{bucket}/lake/{entry['published']}"]
+    assert entry["md5"] == hashlib.md5(files[f"{bucket}/lake/{entry['object']}"]).hexdigest()
     lines = read_lake_table(root, "invoice_lines", storage_options=s3_options)
     assert lines.equals(sorted_lines(sample_snapshot.lines))
     assert read_lake_table(root, "rejects", storage_options=s3_options)["invoice_day"].to_pylist() == [
@@ -685,7 +791,400 @@ def test_memory_filesystem(sample_snapshot: ServiceSnapshot) -> None:
         assert read_lake_table(root, "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
         assert read_lake_table(root, "invoices").num_rows == 449
         names = [p.removeprefix(path + "/") for p in fs.find(path)]
-        assert len(names) == 15 and not [n for n in names if n.endswith(".tmp")]
+        assert len(names) == 14 + 14 + 5 + 1 and not [n for n in names if n.endswith(".tmp")]
         assert "_runs/run-1.json" in names
     finally:
         fs.rm(path, recursive=True)
+
+
+# --- commits: reruns, retired objects, orphans, two writers ------------------------------------------
+
+
+def test_a_rerun_leaves_the_whole_lake_byte_identical(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    first = write_sample(str(lake), sample_snapshot)
+    before = lake_state(lake)
+
+    again = write_sample(str(lake), sample_snapshot)
+
+    # Published files, objects and manifests: the same names, the same bytes; nothing committed.
+    assert lake_state(lake) == before
+    assert again.manifests_committed == () and len(first.manifests_committed) == 5
+
+
+def test_replaced_objects_stay_one_commit_then_go(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    manifest_path = lake / "_lake" / "manifests" / "invoice_day=2010-12-01.json"
+    day = sample_snapshot_for(sample_snapshot, DAY1)
+    write_lake(str(lake), [DAY1], day, REJECT_SCHEMA.empty_table(), source_fingerprint="x")
+    first = json.loads(manifest_path.read_text())
+    doubled = ServiceSnapshot(doubled_lines(day), day.customers)
+    write_lake(str(lake), [DAY1], doubled, REJECT_SCHEMA.empty_table(), source_fingerprint="x")
+    second = json.loads(manifest_path.read_text())
+
+    replaced = [first["tables"][t]["object"] for t in ("invoice_lines", "invoices")]
+    assert second["retired"] == sorted(replaced)
+    # A reader that read the first manifest a moment ago can still read its objects.
+    assert all((lake / path).exists() for path in replaced)
+    assert second["tables"]["customers"] == first["tables"]["customers"]  # same rows: same object
+
+    write_lake(str(lake), [DAY1], day, REJECT_SCHEMA.empty_table(), source_fingerprint="x")
+
+    assert not any((lake / path).exists() for path in replaced)
+    third = json.loads(manifest_path.read_text())
+    assert all((lake / entry["object"]).exists() for entry in third["tables"].values())
+    assert all((lake / path).exists() for path in third["retired"])
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(day.lines))
+    assert plain_read(lake).equals(sorted_lines(day.lines))
+
+
+def test_objects_no_manifest_names_go_once_old(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    folder = lake / "_lake" / "objects" / "invoice_day=2010-12-01"
+    # What writes killed before their commit left: one long ago, one just now (perhaps still running).
+    old = folder / f"invoice_lines.{uuid.uuid4().hex[:16]}.parquet"
+    young = folder / f"invoices.{uuid.uuid4().hex[:16]}.parquet"
+    unknown = folder / "notes.txt"  # not the lake's: never touched
+    for path in (old, young, unknown):
+        path.write_bytes(b"half an object")
+    hours_ago = time.time() - 2 * lake_module.ORPHAN_GRACE.total_seconds()
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(unknown, (hours_ago, hours_ago))
+
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
+    write_sample(str(lake), ServiceSnapshot(doubled_lines(sample_snapshot), sample_snapshot.customers))
+
+    assert not old.exists() and young.exists() and unknown.exists()
+
+
+def test_a_second_writer_of_a_day_fails_its_commit_and_the_first_stays(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    doubled = doubled_lines(sample_snapshot)
+    tripled = sample_snapshot.lines.set_column(
+        4, "quantity", pc.multiply(sample_snapshot.lines["quantity"], 3)
+    ).cast(LINE_SCHEMA)
+    real_stage = lake_module._stage_all
+
+    def stage_while_another_writer_commits(*args: Any, **kwargs: Any) -> Any:
+        staged = real_stage(*args, **kwargs)
+        # The other writer read the same manifests, and commits first.
+        monkeypatch.setattr(lake_module, "_stage_all", real_stage)
+        write_sample(str(lake), snapshot_of(tripled))
+        return staged
+
+    monkeypatch.setattr(lake_module, "_stage_all", stage_while_another_writer_commits)
+    with pytest.raises(LakeError, match=r"invoice_day=2010-12-01 was committed by another writer"):
+        write_sample(str(lake), snapshot_of(doubled))
+
+    # The first commit stands, in both views; the loser left no object behind.
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(tripled))
+    assert plain_read(lake).equals(sorted_lines(tripled))
+    committed = set()
+    for manifest in (lake / "_lake" / "manifests").glob("*.json"):
+        body = json.loads(manifest.read_text())
+        committed |= {e["object"] for e in body["tables"].values()} | set(body["retired"])
+    assert {f for f in all_files(lake) if f.startswith("_lake/objects/")} == committed
+
+
+def test_committed_files_list_exactly_the_committed_objects(
+    lake: Path, sample_snapshot: ServiceSnapshot
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    write_sample(str(lake), ServiceSnapshot(doubled_lines(sample_snapshot), sample_snapshot.customers))
+
+    files = lake_module.committed_files(str(lake), "invoice_lines")
+
+    assert len(files) == 4 and all("/_lake/objects/invoice_day=" in f for f in files)
+    con = duckdb.connect()
+    rows = con.execute(
+        "select count(*), sum(quantity) from read_parquet(?, hive_partitioning = true)", [files]
+    ).fetchone()
+    assert rows == (8326, 2 * pc.sum(sample_snapshot.lines["quantity"]).as_py())
+    assert lake_module.committed_files(str(lake), "invoice_lines", [DAY2]) == [
+        f for f in files if "invoice_day=2010-12-02" in f
+    ]
+    with pytest.raises(ValueError, match="unknown lake table"):
+        lake_module.committed_files(str(lake), "orders")
+
+
+def test_a_lake_written_before_manifests_reads_and_is_taken_over(
+    lake: Path, sample_snapshot: ServiceSnapshot
+) -> None:
+    write_sample(str(lake), sample_snapshot)
+    # An older version's lake: the published files only.
+    for path in list((lake / "_lake").rglob("*")):
+        if path.is_file():
+            path.unlink()
+
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
+    assert read_lake_table(str(lake), "rejects")["source_row"].to_pylist() == [3, 7, 9]
+    report = write_sample(str(lake), sample_snapshot)
+
+    # Every day is committed now; the published files already held these rows and stay as they were.
+    assert len(report.manifests_committed) == 5
+    assert report.files_written == () and len(report.files_unchanged) == 14
+    assert len(lake_module.committed_files(str(lake), "invoice_lines")) == 4
+    assert read_lake_table(str(lake), "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
+    assert read_lake_table(str(lake), "rejects")["source_row"].to_pylist() == [3, 7, 9]
+
+
+# --- the same on S3, through moto's server: conditional commits, a killed writer --------------------
+
+
+def test_s3_a_second_writer_fails_on_the_conditional_put(
+    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = f"s3://{bucket}/lake"
+    day = sample_snapshot_for(sample_snapshot, DAY1)
+    write_lake(
+        root, [DAY1], day, REJECT_SCHEMA.empty_table(), source_fingerprint="x", storage_options=s3_options
+    )
+    doubled = ServiceSnapshot(doubled_lines(day), day.customers)
+    real_read = lake_module._read_manifests
+
+    def read_then_lose_the_race(*args: Any, **kwargs: Any) -> Any:
+        committed = real_read(*args, **kwargs)  # with the ETags the commit will be conditional on
+        monkeypatch.setattr(lake_module, "_read_manifests", real_read)
+        write_lake(
+            root,
+            [DAY1],
+            doubled,
+            REJECT_SCHEMA.empty_table(),
+            source_fingerprint="x",
+            storage_options=s3_options,
+        )
+        return committed
+
+    monkeypatch.setattr(lake_module, "_read_manifests", read_then_lose_the_race)
+    tripled = ServiceSnapshot(
+        day.lines.set_column(4, "quantity", pc.multiply(day.lines["quantity"], 3)).cast(LINE_SCHEMA),
+        day.customers,
+    )
+    with pytest.raises(LakeError, match="was committed by another writer"):
+        write_lake(
+            root,
+            [DAY1],
+            tripled,
+            REJECT_SCHEMA.empty_table(),
+            source_fingerprint="x",
+            storage_options=s3_options,
+        )
+
+    got = read_lake_table(root, "invoice_lines", storage_options=s3_options)
+    assert got.equals(sorted_lines(doubled.lines))
+    plain = pq.read_table(f"{bucket}/lake/invoice_lines", filesystem=fsspec.filesystem("s3", **s3_options))
+    assert plain.num_rows == day.lines.num_rows
+    assert pc.sum(plain["quantity"]).as_py() == 2 * pc.sum(day.lines["quantity"]).as_py()
+
+
+# The lake write of the sample to S3 in a child process that SIGKILLs itself at the given call of a lake
+# step: nothing of Python's cleanup runs, as when a worker dies.
+_KILLED_WRITER = """
+import json, os, signal, sys
+import pyarrow as pa, pyarrow.parquet as pq
+import etl.lake as lake
+from etl.schema import ServiceSnapshot, REJECT_SCHEMA
+root, options, lines, customers, step, after = sys.argv[1:7]
+original = getattr(lake, step)
+calls = 0
+def dying(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(lake, step, dying)
+snapshot = ServiceSnapshot(pq.read_table(lines), pq.read_table(customers))
+days = sorted(set(snapshot.lines["invoice_day"].to_pylist()))
+lake.write_lake(root, days, snapshot, REJECT_SCHEMA.empty_table(), source_fingerprint="x",
+                storage_options=json.loads(options), max_writers=1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("step", "after", "committed_days"),
+    [("_write_bytes", 3, 0), ("_commit", 3, 2), ("_publish_file", 1, 1)],
+)
+def test_s3_writer_killed_then_rerun(
+    step: str,
+    after: int,
+    committed_days: int,
+    bucket: str,
+    s3_options: dict[str, Any],
+    sample_snapshot: ServiceSnapshot,
+    tmp_path: Path,
+) -> None:
+    root = f"s3://{bucket}/lake"
+    s3 = fsspec.filesystem("s3", **s3_options)
+    write_lake(
+        root,
+        SAMPLE_DAYS,
+        sample_snapshot,
+        REJECT_SCHEMA.empty_table(),
+        source_fingerprint="x",
+        storage_options=s3_options,
+    )
+    doubled = ServiceSnapshot(doubled_lines(sample_snapshot), sample_snapshot.customers)
+    pq.write_table(doubled.lines, tmp_path / "lines.parquet")
+    pq.write_table(doubled.customers, tmp_path / "customers.parquet")
+
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_WRITER,
+            root,
+            json.dumps(s3_options),
+            str(tmp_path / "lines.parquet"),
+            str(tmp_path / "customers.parquet"),
+            step,
+            str(after),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+    old, new = sample_snapshot.lines, doubled.lines
+    committed = read_lake_table(root, "invoice_lines", storage_options=s3_options)
+    partitioning = ds.partitioning(pa.schema([("invoice_day", pa.date32())]), flavor="hive")
+    plain = sorted_lines(
+        ds.dataset(f"{bucket}/lake/invoice_lines", filesystem=s3, format="parquet", partitioning=partitioning)
+        .to_table()
+        .select(LINE_SCHEMA.names)
+        .cast(LINE_SCHEMA)
+    )
+    for index, day in enumerate(SAMPLE_DAYS):
+        expected = sorted_lines(lines_of_day(new if index < committed_days else old, day))
+        assert sorted_lines(lines_of_day(committed, day)).equals(expected), day
+        # Plain readers see only whole committed files: the killed day's publishing is not finished,
+        # so they still see its old, committed rows.
+        published = new if index < committed_days and not (step == "_publish_file" and index == 0) else old
+        assert sorted_lines(lines_of_day(plain, day)).equals(sorted_lines(lines_of_day(published, day))), day
+
+    rerun = write_lake(
+        root,
+        SAMPLE_DAYS,
+        doubled,
+        REJECT_SCHEMA.empty_table(),
+        source_fingerprint="x",
+        storage_options=s3_options,
+    )
+
+    assert len(rerun.manifests_committed) == 4 - committed_days
+    assert read_lake_table(root, "invoice_lines", storage_options=s3_options).equals(sorted_lines(new))
+    s3.invalidate_cache()
+    assert sorted_lines(
+        ds.dataset(f"{bucket}/lake/invoice_lines", filesystem=s3, format="parquet", partitioning=partitioning)
+        .to_table()
+        .select(LINE_SCHEMA.names)
+        .cast(LINE_SCHEMA)
+    ).equals(sorted_lines(new))
+
+
+def test_s3_a_commit_over_ours_while_we_publish_wins_the_published_view(
+    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = f"s3://{bucket}/lake"
+    day = sample_snapshot_for(sample_snapshot, DAY1)
+    empty = REJECT_SCHEMA.empty_table()
+    write_lake(root, [DAY1], day, empty, source_fingerprint="x", storage_options=s3_options)
+    ours = ServiceSnapshot(doubled_lines(day), day.customers)
+    theirs = ServiceSnapshot(
+        day.lines.set_column(4, "quantity", pc.multiply(day.lines["quantity"], 3)).cast(LINE_SCHEMA),
+        day.customers,
+    )
+    real_publish = lake_module._publish_unit
+    raced = False
+
+    def another_writer_commits_and_publishes_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal raced
+        if not raced:
+            raced = True
+            # After our commit, before our copies: they commit over ours and publish theirs.
+            write_lake(root, [DAY1], theirs, empty, source_fingerprint="x", storage_options=s3_options)
+        return real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(lake_module, "_publish_unit", another_writer_commits_and_publishes_first)
+    report = write_lake(root, [DAY1], ours, empty, source_fingerprint="x", storage_options=s3_options)
+
+    # Our copies landed after theirs; reading the manifest again put their (later) commit back.
+    assert report.manifests_committed == ("invoice_day=2010-12-01",)
+    assert read_lake_table(root, "invoice_lines", storage_options=s3_options).equals(
+        sorted_lines(theirs.lines)
+    )
+    s3 = fsspec.filesystem("s3", **s3_options)
+    plain = pq.read_table(f"{bucket}/lake/invoice_lines", filesystem=s3)
+    assert pc.sum(plain["quantity"]).as_py() == 3 * pc.sum(day.lines["quantity"]).as_py()
+
+
+def test_without_hard_links_the_published_files_are_copies(
+    lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(1, "Operation not permitted")  # EPERM, as some filesystems answer
+
+    monkeypatch.setattr(lake_module.os, "link", no_links)
+    write_sample(str(lake), sample_snapshot)
+    again = write_sample(str(lake), sample_snapshot)
+
+    manifest = json.loads((lake / "_lake" / "manifests" / "invoice_day=2010-12-01.json").read_text())
+    entry = manifest["tables"]["invoice_lines"]
+    assert not (lake / entry["object"]).samefile(lake / entry["published"])
+    assert (lake / entry["object"]).read_bytes() == (lake / entry["published"]).read_bytes()
+    assert again.files_written == () and len(again.files_unchanged) == 14  # told by the footer digest
+    assert plain_read(lake).equals(sorted_lines(sample_snapshot.lines))
+    assert not [f for f in all_files(lake) if f.endswith(".tmp")]
+
+
+def test_a_damaged_manifest_is_a_one_line_lake_error(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    (lake / "_lake" / "manifests" / "invoice_day=2010-12-02.json").write_text('{"tables": ')
+
+    with pytest.raises(LakeError, match=r"manifest .*invoice_day=2010-12-02.json is not JSON") as error:
+        read_lake_table(str(lake), "invoice_lines")
+    assert "\n" not in str(error.value)
+    with pytest.raises(LakeError, match="is not JSON"):
+        write_sample(str(lake), sample_snapshot)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_two_writers_of_the_same_rows_both_succeed_with_one_commit(
+    store: str,
+    lake: Path,
+    request: pytest.FixtureRequest,
+    sample_snapshot: ServiceSnapshot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two runs of one source at once (the DAG's days in parallel share its undated rejects), or a
+    # retried task racing the attempt it replaced: both write the same rows, both read "no manifest".
+    if store == "s3":
+        options: dict[str, Any] = request.getfixturevalue("s3_options")
+        root = f"s3://{request.getfixturevalue('bucket')}/lake"
+    else:
+        options, root = {}, str(lake)
+    real_stage = lake_module._stage_all
+    other: list[Any] = []
+
+    def the_other_writer_commits_first(*args: Any, **kwargs: Any) -> Any:
+        staged = real_stage(*args, **kwargs)
+        monkeypatch.setattr(lake_module, "_stage_all", real_stage)
+        other.append(write_sample(root, sample_snapshot, storage_options=options))
+        return staged
+
+    monkeypatch.setattr(lake_module, "_stage_all", the_other_writer_commits_first)
+    ours = write_sample(root, sample_snapshot, storage_options=options)
+
+    assert len(other[0].manifests_committed) == 5 and ours.manifests_committed == ()
+    assert read_lake_table(root, "invoice_lines", storage_options=options).equals(
+        sorted_lines(sample_snapshot.lines)
+    )
+    fs, base = lake_module.filesystem(root, options)
+    fs.invalidate_cache()
+    objects = [p for p in fs.find(f"{base}/_lake/objects") if p.endswith(".parquet")]
+    assert len(objects) == 14  # the loser's objects are gone: only the committed ones are left

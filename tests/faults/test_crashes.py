@@ -160,7 +160,7 @@ _KILLING_RUNNER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("step", "after"), [("_write_bytes", 2), ("_move", 2)])
+@pytest.mark.parametrize(("step", "after"), [("_write_bytes", 2), ("_commit", 1), ("_publish_file", 2)])
 def test_job_killed_while_writing_the_lake_then_rerun(
     step: str, after: int, expected_lake: dict[str, pa.Table], tmp_path: Path, fault_report: FaultReport
 ) -> None:
@@ -178,13 +178,21 @@ def test_job_killed_while_writing_the_lake_then_rerun(
             env=job_env(service.api_key, lake),
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-        temporary = [p for p in lake.rglob("*") if p.name.endswith(".tmp")]
-        assert temporary, "the kill was meant to leave a temporary file behind"
+        objects = list((lake / "_lake" / "objects").rglob("*.parquet"))
+        manifests = list((lake / "_lake" / "manifests").glob("*.json"))
         assert_visible_parts_complete(lake)
         if step == "_write_bytes":
-            assert visible_parts(lake) == []  # nothing moves before every file is written
+            # Killed before the commit: objects no manifest names, invisible to every reader.
+            assert len(objects) == after and manifests == []
+            assert visible_parts(lake) == []
+            assert all(table.num_rows == 0 for table in lake_tables(lake).values())
+        elif step == "_commit":
+            # Committed, not yet published: manifest readers see the day whole, plain readers nothing yet.
+            assert len(manifests) == 1 and visible_parts(lake) == []
+            assert lake_tables(lake) == expected_lake
         else:
             assert len(visible_parts(lake)) == after  # whole partitions only
+            assert lake_tables(lake) == expected_lake
         rerun = run_job(service.url, service.api_key, lake, *DAY_ARGS)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         lost, duplicated = assert_each_row_once(service.url, service.api_key)
@@ -195,7 +203,7 @@ def test_job_killed_while_writing_the_lake_then_rerun(
             f"job SIGKILL in lake {step.strip('_')} #{after}, rerun",
             {"job_killed": 1},
             {},
-            "only complete partitions visible; rerun exact lake",
+            "readers see the committed day or none; rerun exact lake",
             lost,
             duplicated,
         )
