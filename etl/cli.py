@@ -22,7 +22,8 @@ from rich.table import Table
 
 from etl import logs
 from etl.config import JobSettings
-from etl.errors import EtlError
+from etl.dialect import SourceOptions
+from etl.errors import EtlError, SourceError
 from etl.schema import DayRange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -107,10 +108,29 @@ def run_command(
             help="Prometheus Pushgateway URL that receives the run's metrics. Env RETAIL_PUSHGATEWAY_URL."
         ),
     ] = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            help='InvoiceDate format, e.g. "%d/%m/%Y %H:%M" (day-first). Default: detected from every date;'
+            " a source whose dates cannot tell day-first from month-first stops and asks for this."
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Field delimiter: , ; tab or |. Default: detected from the header.")
+    ] = None,
+    decimal: Annotated[
+        str | None,
+        typer.Option(help="Decimal mark of the numbers: . or , (default: detected from UnitPrice)."),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(help="Text encoding, e.g. cp1252 or utf-16. Default: UTF-8, else Windows-1252."),
+    ] = None,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
     from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
 
+    source_options = _source_options(date_format, delimiter, decimal, encoding)
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     if first and last and first > last:
         raise typer.BadParameter(f"{start} is after --end {end}", param_hint="--start")
@@ -136,6 +156,7 @@ def run_command(
         retry_budget_seconds=settings.retry_budget_seconds,
         request_timeout_seconds=settings.request_timeout_seconds,
         pushgateway_url=pushgateway or settings.pushgateway_url,
+        source_options=source_options,
     )
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)
@@ -176,6 +197,27 @@ def run_command(
     out.print(summary_table(report.to_dict()))
 
 
+def _source_options(
+    date_format: str | None, delimiter: str | None, decimal: str | None, encoding: str | None
+) -> SourceOptions:
+    """The dialect options, or one line naming the option that is not understood and exit 2."""
+    given = {
+        "--date-format": date_format,
+        "--delimiter": delimiter,
+        "--decimal": decimal,
+        "--encoding": encoding,
+    }
+    for option, value in given.items():
+        try:
+            SourceOptions.from_text(**{option.removeprefix("--").replace("-", "_"): value})
+        except SourceError as exc:
+            err.print(f"[bold red]error:[/] {option}: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(SourceError.exit_code) from None
+    return SourceOptions.from_text(
+        date_format=date_format, delimiter=delimiter, decimal=decimal, encoding=encoding
+    )
+
+
 def summary_table(report: Mapping[str, object]) -> Table:
     """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
     table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
@@ -184,6 +226,13 @@ def summary_table(report: Mapping[str, object]) -> Table:
     days = report.get("days") or []
     assert isinstance(days, list)
     table.add_row("source", f"{report['source']} ({report['shape']})")
+    dialect = report.get("dialect") or {}
+    assert isinstance(dialect, dict)
+    if dialect:
+        table.add_row("date format", f"{dialect['date_format']} ({dialect['date_format_basis']})")
+        read_as = [f"decimal {dialect['decimal']!r}"]
+        read_as += [f"{key} {dialect[key]}" for key in ("delimiter", "encoding") if key in dialect]
+        table.add_row("read as", ", ".join(read_as))
     table.add_row("invoice days", f"{len(days)}" + (f" ({days[0]} .. {days[-1]})" if days else ""))
     counts = report.get("counts") or {}
     assert isinstance(counts, dict)
