@@ -69,8 +69,11 @@ def _mask(values: pa.Array) -> npt.NDArray[np.bool_]:
 
 
 def _numbers(values: pa.Array) -> npt.NDArray[np.int64]:
-    """The digits as integers; a value that did not match reads as 0 (the `matched` mask rules)."""
-    return np.asarray(pc.cast(pc.fill_null(values, "0"), pa.int64()).to_numpy(zero_copy_only=False))
+    """The digits as integers; a value that did not match (an empty field) reads as 0 (the `matched`
+    mask rules)."""
+    digits = pc.fill_null(values, "")
+    digits = pc.if_else(pc.equal(digits, ""), "0", digits)
+    return np.asarray(pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False))
 
 
 def _most_rows(separators: pa.Array, rows: npt.NDArray[np.int64], matched: npt.NDArray[np.bool_]) -> str:

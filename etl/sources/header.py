@@ -65,17 +65,11 @@ def canonical_columns(names: list[str], source: str) -> list[str]:
 
 def split_header(line: str, source: str, delimiter: str | None = None) -> Header:
     """The header line split by `delimiter`, or by whichever of `,` `;` tab `|` yields the most source
-    columns. Raises `SourceError` when it is not the Online Retail header, and when two delimiters
-    both yield every column (then only `--delimiter` can tell)."""
+    columns (a header cannot hold all eight with two delimiters: its names hold none of them). Raises
+    `SourceError` when it is not the Online Retail header."""
     candidates = [delimiter] if delimiter else list(DELIMITERS)
     splits = {d: _cells(line, d, source) for d in candidates}
     found = {d: sum(1 for n in names if canonical_name(n)) for d, names in splits.items()}
-    complete = [d for d, count in found.items() if count >= len(SOURCE_COLUMNS)]
-    if len(complete) > 1:
-        shown = " and ".join(repr(d) for d in complete)
-        raise SourceError(
-            f"{source}: the header splits into the Online Retail columns with both {shown}: pass --delimiter"
-        )
     best = max(candidates, key=lambda d: found[d])  # the first candidate wins a tie: `,`, as before
     if delimiter and found[best] == 0:
         others = [d for d in DELIMITERS if d != delimiter]
