@@ -33,6 +33,22 @@ def source_table(table: pa.Table) -> pa.Table:
     return pa.table({**columns, "source_row": pa.array(np.arange(1, table.num_rows + 1, dtype=np.int64))})
 
 
+def holds_any(column: pa.ChunkedArray | pa.Array, characters: bytes) -> bool:
+    """Whether any string of `column` may hold one of the ASCII `characters`: a scan of the raw text
+    buffers (a memchr per character, ~1 ms for the full data set's dates), which lets the usual source
+    skip a decision it does not need. It may say yes for bytes just outside a sliced array, never no
+    for a character that is there."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        data = chunk.buffers()[2] if len(chunk) else None
+        if data is None:
+            continue
+        text = memoryview(data).tobytes()
+        if any(text.find(bytes([ch])) >= 0 for ch in characters):
+            return True
+    return False
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line."""
     return " ".join(str(exc).split())

@@ -1,9 +1,9 @@
 """Day-first or month-first: decided from every `InvoiceDate` of the source, never guessed.
 
-A date written `A/B/YYYY` (or with `.`) settles the order when one field cannot be a month: A > 12 means
-day-first, B > 12 month-first. Both seen in one source is a contradiction; neither seen (every value has
-both fields <= 12, e.g. `01/02/2011`) leaves the source ambiguous. Either way the run stops and asks for
-`--date-format`. ISO dates (`2010-12-01 08:26:00`) need no decision.
+A date written `A/B/YYYY` (or with `.` or `-`) settles the order when one field cannot be a month:
+A > 12 means day-first, B > 12 month-first. Both seen in one source is a contradiction; neither seen
+(every value has both fields <= 12, e.g. `01/02/2011`) leaves the source ambiguous. Either way the run
+stops and asks for `--date-format`. ISO dates (`2010-12-01 08:26:00`) need no decision.
 
 The counting runs over the distinct texts (the full data set's 541,909 rows hold ~23,000), vectorised.
 """
@@ -18,12 +18,14 @@ import pyarrow.compute as pc
 from etl.dialect import ISO_DATES, DateFormat
 from etl.errors import SourceError
 
-_DAY_MONTH = r"^(?P<first>\d{1,2})(?P<sep>[/.])(?P<second>\d{1,2})[/.]\d{4}(?:[ T]|$)"
+_DAY_MONTH = r"^(?P<first>\d{1,2})(?P<sep>[/.-])(?P<second>\d{1,2})[/.-]\d{4}(?:[ T]|$)"
 
 
 def detect_date_format(dates: pa.ChunkedArray | pa.Array, source: str) -> DateFormat:
     """The date format of the column `dates` (the source's `InvoiceDate` text). Raises `SourceError`
     (one line) when day-first and month-first values contradict each other, or when no value tells."""
+    if _all_iso_like(dates):
+        return ISO_DATES.because("ISO dates")  # no day/month date to decide about: the usual case
     counted = pc.value_counts(dates)
     values = pc.utf8_trim_whitespace(counted.field("values"))
     rows = counted.field("counts").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -58,6 +60,27 @@ def detect_date_format(dates: pa.ChunkedArray | pa.Array, source: str) -> DateFo
     return DateFormat("dmy", separator, "detected: day and month are equal in every date")
 
 
+def _all_iso_like(dates: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether every value has `-` at characters 5 and 8, as `2010-12-01` has and no `D-M-YYYY`,
+    `D/M/YYYY` or `D.M.YYYY` date can: one vector look at the text buffers (~2 ms for the full data
+    set), instead of counting its distinct values. False sends the source to the full decision."""
+    chunks = dates.chunks if isinstance(dates, pa.ChunkedArray) else [dates]
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count or not pa.types.is_string(chunk.type):
+            return False
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        offsets = np.frombuffer(offsets_buffer, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+        starts = offsets[:-1]
+        if (np.diff(offsets) < 10).any() or data_buffer is None:
+            return False
+        text = np.frombuffer(data_buffer, np.uint8)
+        if not ((text[starts + 4] == ord("-")) & (text[starts + 7] == ord("-"))).all():
+            return False
+    return True
+
+
 def _settled(
     rows: npt.NDArray[np.int64], deciding: npt.NDArray[np.bool_], matched: npt.NDArray[np.bool_], why: str
 ) -> str:
@@ -78,8 +101,7 @@ def _numbers(values: pa.Array) -> npt.NDArray[np.int64]:
 
 def _most_rows(separators: pa.Array, rows: npt.NDArray[np.int64], matched: npt.NDArray[np.bool_]) -> str:
     text = np.asarray(pc.fill_null(separators, "").to_numpy(zero_copy_only=False), dtype=object)
-    slash, dot = rows[matched & (text == "/")].sum(), rows[matched & (text == ".")].sum()
-    return "/" if slash >= dot else "."
+    return max("/.-", key=lambda separator: int(rows[matched & (text == separator)].sum()))
 
 
 def _example(values: pa.Array, mask: npt.NDArray[np.bool_]) -> str:

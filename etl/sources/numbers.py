@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import SourceError
+from etl.sources.common import holds_any
 
 _POINT_DECIMAL = r"^[+-]?\d*\.\d+$"
 _COMMA_DECIMAL = r"^[+-]?\d*,\d+$"
@@ -23,7 +24,7 @@ _COMMA_THOUSANDS = r"^[+-]?[1-9]\d{0,2}(,\d{3})+$"
 def detect_decimal(prices: pa.ChunkedArray | pa.Array, source: str) -> tuple[str, str]:
     """The decimal mark of the column `prices` (the source's `UnitPrice` text) and why. Raises
     `SourceError` (one line) when points and commas contradict each other or every comma is ambiguous."""
-    if not pc.any(pc.match_substring(prices, ",")).as_py():
+    if not holds_any(prices, b","):
         # The usual case, settled by one scan: no comma at all, so nothing to decide.
         return ".", "detected: no price has a decimal comma"
     counted = pc.value_counts(prices)

@@ -297,3 +297,16 @@ def test_an_encoding_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(SourceError, match=r"not valid utf-8 text \(byte 0xc9 at offset \d+\)"):
         load_source(str(source), options=SourceOptions.from_text(encoding="utf-8"))
+
+
+def test_dutch_dashes_are_day_first_dates_too() -> None:
+    found = detect_date_format(_dates("1-12-2010 08:26", "13-12-2010 08:26", "2010-12-01 08:26:00"), "s")
+    assert (found.order, found.separator, found.pattern) == ("dmy", "-", "%d-%m-%Y %H:%M")
+
+
+def test_the_quick_iso_check_leaves_anything_else_to_the_full_decision() -> None:
+    # Sliced and chunked columns, short values and padding must not fool the check over raw buffers.
+    column = pa.chunked_array([_dates("x", "2010-12-01 08:26:00").slice(1), _dates(" 25/12/2010 08:26")])
+    assert detect_date_format(column, "s").order == "dmy"
+    assert detect_date_format(_dates("2010-12-01 08:26:00", ""), "s").is_iso
+    assert detect_date_format(_dates("2010-12-01 08:26:00").slice(0, 0), "s").is_iso
