@@ -89,7 +89,10 @@ def cli() -> None:
 def run_command(
     source: Annotated[
         str | None,
-        typer.Option(help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV, CSV.gz. Env RETAIL_SOURCE."),
+        typer.Option(
+            help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV / ; / tab / | text, .gz or .zip of"
+            " them. Env RETAIL_SOURCE."
+        ),
     ] = None,
     api_url: Annotated[str | None, typer.Option(help="The service's base URL. Env RETAIL_API_URL.")] = None,
     lake: Annotated[
@@ -201,21 +204,16 @@ def _source_options(
     date_format: str | None, delimiter: str | None, decimal: str | None, encoding: str | None
 ) -> SourceOptions:
     """The dialect options, or one line naming the option that is not understood and exit 2."""
-    given = {
-        "--date-format": date_format,
-        "--delimiter": delimiter,
-        "--decimal": decimal,
-        "--encoding": encoding,
-    }
-    for option, value in given.items():
+    given = {"date_format": date_format, "delimiter": delimiter, "decimal": decimal, "encoding": encoding}
+    parsed = {}
+    for name, value in given.items():
         try:
-            SourceOptions.from_text(**{option.removeprefix("--").replace("-", "_"): value})
+            parsed[name] = getattr(SourceOptions.from_text(**{name: value}), name)
         except SourceError as exc:
+            option = "--" + name.replace("_", "-")
             err.print(f"[bold red]error:[/] {option}: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(SourceError.exit_code) from None
-    return SourceOptions.from_text(
-        date_format=date_format, delimiter=delimiter, decimal=decimal, encoding=encoding
-    )
+    return SourceOptions(**parsed)
 
 
 def summary_table(report: Mapping[str, object]) -> Table:

@@ -122,15 +122,6 @@ class SourceOptions:
             encoding=_encoding(encoding) if encoding else None,
         )
 
-    def to_text(self) -> dict[str, str | None]:
-        """The options in the spelling `from_text` reads (for XCom and reports)."""
-        return {
-            "date_format": self.date_format.pattern if self.date_format else None,
-            "delimiter": self.delimiter,
-            "decimal": self.decimal,
-            "encoding": self.encoding,
-        }
-
 
 def _delimiter(text: str) -> str:
     found = _DELIMITER_WORDS.get(text) or _DELIMITER_WORDS.get(text.strip().lower())

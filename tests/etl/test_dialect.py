@@ -55,12 +55,9 @@ def test_a_date_format_outside_the_grammar_is_refused_in_one_line(text: str) -> 
 def test_dialect_options_take_their_usual_spellings() -> None:
     options = SourceOptions.from_text(date_format="%d/%m/%Y %H:%M", delimiter="tab", decimal="comma")
     assert options == SourceOptions(DateFormat("dmy", "/"), "\t", ",", None)
-    assert SourceOptions.from_text(delimiter="\\t", encoding="UTF-16").to_text() == {
-        "date_format": None,
-        "delimiter": "\t",
-        "decimal": None,
-        "encoding": "utf-16",
-    }
+    assert SourceOptions.from_text(delimiter="\\t", encoding="UTF-16") == SourceOptions(
+        None, "\t", None, "utf-16"
+    )
     assert SourceOptions.from_text(date_format="", delimiter="") == SourceOptions()
 
 
