@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def _run_on_fresh_service(directory: Path, source: Path, *args: str) -> tuple[Pa
     (report_path,) = (lake / "_runs").glob("*.json")
     report: dict[str, Any] = json.loads(report_path.read_text())
     assert report["status"] == "reconciled"
+    # The summary on stdout says what the run report says about the dates.
+    assert re.search(rf"date format\W+{re.escape(report['dialect']['date_format'])} \(", result.stdout)
     return lake, report
 
 
