@@ -76,8 +76,9 @@ def _all_iso_like(dates: pa.ChunkedArray | pa.Array) -> bool:
         if (np.diff(offsets) < 10).any() or data_buffer is None:
             return False
         text = np.frombuffer(data_buffer, np.uint8)
-        if not ((text[starts + 4] == ord("-")) & (text[starts + 7] == ord("-"))).all():
-            return False
+        for some in (starts[:100], starts):  # a source of other dates shows it in its first rows
+            if not ((text[some + 4] == ord("-")) & (text[some + 7] == ord("-"))).all():
+                return False
     return True
 
 
@@ -100,8 +101,10 @@ def _numbers(values: pa.Array) -> npt.NDArray[np.int64]:
 
 
 def _most_rows(separators: pa.Array, rows: npt.NDArray[np.int64], matched: npt.NDArray[np.bool_]) -> str:
-    text = np.asarray(pc.fill_null(separators, "").to_numpy(zero_copy_only=False), dtype=object)
-    return max("/.-", key=lambda separator: int(rows[matched & (text == separator)].sum()))
+    def rows_with(separator: str) -> int:
+        return int(rows[matched & _mask(pc.equal(separators, separator))].sum())
+
+    return max("/.-", key=rows_with)
 
 
 def _example(values: pa.Array, mask: npt.NDArray[np.bool_]) -> str:
