@@ -168,6 +168,25 @@ def _fail_without_retry() -> Iterator[None]:
             title="Notify exchange",
             description="Exchange of those messages. Empty: env RETAIL_NOTIFY_EXCHANGE, else retail.lake.",
         ),
+        "date_format": Param(
+            None,
+            type=["null", "string"],
+            title="Date format",
+            description='InvoiceDate format, e.g. "%d/%m/%Y %H:%M" (as --date-format). Empty: detected from '
+            "every date; a source whose dates cannot tell day-first from month-first fails and asks for it.",
+        ),
+        "delimiter": Param(
+            None,
+            type=["null", "string"],
+            title="Delimiter",
+            description="Field delimiter: , ; tab or | (as --delimiter). Empty: detected from the header.",
+        ),
+        "decimal": Param(
+            None,
+            type=["null", "string"],
+            title="Decimal mark",
+            description="Decimal mark: . or , (as --decimal). Empty: detected from UnitPrice.",
+        ),
     },
     tags=["retail", "etl"],
 )
@@ -197,7 +216,8 @@ def retail_etl() -> None:
     **Where.** The service: connection `retail_api` (host, port, schema `http`/`https`, password = API key).
     The source and the lake: params `source`/`lake`, else Variables `retail_source`/`retail_lake`, else env
     `RETAIL_SOURCE`/`RETAIL_LAKE`. Intermediate files live under `<lake>/_work/` and are removed by
-    `write_lake`.
+    `write_lake`. The source's dialect is detected; params `date_format`, `delimiter`, `decimal` set it
+    (as the command's `--date-format`, `--delimiter`, `--decimal`).
 
     **Other destinations** (each a no-op that says so when not named): the warehouse, param `warehouse`,
     else Variable `retail_warehouse`, else env `RETAIL_WAREHOUSE_URL`; the broker, param `notify`, else
@@ -230,7 +250,15 @@ def retail_etl() -> None:
 
             from etl.pipeline import task_load_and_validate
 
-            return task_load_and_validate(source, lake, first.isoformat(), last.isoformat())
+            return task_load_and_validate(
+                source,
+                lake,
+                first.isoformat(),
+                last.isoformat(),
+                date_format=params.get("date_format"),
+                delimiter=params.get("delimiter"),
+                decimal=params.get("decimal"),
+            )
 
     @task(task_id="post", pool=POOL, execution_timeout=dt.timedelta(hours=2), multiple_outputs=False)
     def post(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from rich.table import Table
 
 from etl import logs
 from etl.config import JobSettings
-from etl.errors import EtlError
+from etl.dialect import SourceOptions
+from etl.errors import EtlError, SourceError
 from etl.schema import DayRange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -88,7 +89,10 @@ def cli() -> None:
 def run_command(
     source: Annotated[
         str | None,
-        typer.Option(help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV, CSV.gz. Env RETAIL_SOURCE."),
+        typer.Option(
+            help="Path or http(s) URL: UCI .zip/.xlsx, Kaggle CSV, CSV / ; / tab / | text, .gz or .zip of"
+            " them. Env RETAIL_SOURCE."
+        ),
     ] = None,
     api_url: Annotated[str | None, typer.Option(help="The service's base URL. Env RETAIL_API_URL.")] = None,
     lake: Annotated[
@@ -127,10 +131,29 @@ def run_command(
         str | None,
         typer.Option(help="Exchange of those messages (default retail.lake). Env RETAIL_NOTIFY_EXCHANGE."),
     ] = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            help='InvoiceDate format, e.g. "%d/%m/%Y %H:%M" (day-first). Default: detected from every date;'
+            " a source whose dates cannot tell day-first from month-first stops and asks for this."
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Field delimiter: , ; tab or |. Default: detected from the header.")
+    ] = None,
+    decimal: Annotated[
+        str | None,
+        typer.Option(help="Decimal mark of the numbers: . or , (default: detected from UnitPrice)."),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(help="Text encoding, e.g. cp1252 or utf-16. Default: UTF-8, else Windows-1252."),
+    ] = None,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
     from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
 
+    source_options = _source_options(date_format, delimiter, decimal, encoding)
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
     if first and last and first > last:
         raise typer.BadParameter(f"{start} is after --end {end}", param_hint="--start")
@@ -159,6 +182,7 @@ def run_command(
         warehouse_url=warehouse or settings.warehouse_url,
         notify_url=notify or settings.notify_url,
         notify_exchange=notify_exchange or settings.notify_exchange,
+        source_options=source_options,
     )
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)
@@ -199,6 +223,22 @@ def run_command(
     out.print(summary_table(report.to_dict()))
 
 
+def _source_options(
+    date_format: str | None, delimiter: str | None, decimal: str | None, encoding: str | None
+) -> SourceOptions:
+    """The dialect options, or one line naming the option that is not understood and exit 2."""
+    given = {"date_format": date_format, "delimiter": delimiter, "decimal": decimal, "encoding": encoding}
+    parsed = {}
+    for name, value in given.items():
+        try:
+            parsed[name] = getattr(SourceOptions.from_text(**{name: value}), name)
+        except SourceError as exc:
+            option = "--" + name.replace("_", "-")
+            err.print(f"[bold red]error:[/] {option}: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(SourceError.exit_code) from None
+    return SourceOptions(**parsed)
+
+
 def summary_table(report: Mapping[str, object]) -> Table:
     """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
     table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
@@ -207,6 +247,13 @@ def summary_table(report: Mapping[str, object]) -> Table:
     days = report.get("days") or []
     assert isinstance(days, list)
     table.add_row("source", f"{report['source']} ({report['shape']})")
+    dialect = report.get("dialect") or {}
+    assert isinstance(dialect, dict)
+    if dialect:
+        table.add_row("date format", f"{dialect['date_format']} ({dialect['date_format_basis']})")
+        read_as = [f"decimal {dialect['decimal']!r}"]
+        read_as += [f"{key} {dialect[key]}" for key in ("delimiter", "encoding") if key in dialect]
+        table.add_row("read as", ", ".join(read_as))
     table.add_row("invoice days", f"{len(days)}" + (f" ({days[0]} .. {days[-1]})" if days else ""))
     counts = report.get("counts") or {}
     assert isinstance(counts, dict)

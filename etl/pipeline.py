@@ -35,6 +35,7 @@ from etl.client import RetailClient, RetryPolicy
 from etl.config import JobSettings
 from etl.destinations import fanout
 from etl.destinations.lake import LakeDestination
+from etl.dialect import SourceOptions
 from etl.load import load_source
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import PostReport, post_lines
@@ -86,6 +87,8 @@ class RunConfig:
     #: Announce each day on this AMQP broker after the lake and the warehouse; None: no message.
     notify_url: str | None = None
     notify_exchange: str = "retail.lake"
+    #: The source's dialect as the user set it (`--date-format`, `--delimiter`, ...); the rest is detected.
+    source_options: SourceOptions = field(default_factory=SourceOptions)
 
 
 class RunObserver(Protocol):
@@ -130,6 +133,8 @@ class RunReport:
     seconds: dict[str, float] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
     customer_conflicts: list[str] = field(default_factory=list)
+    #: How the source was read: date format, decimal mark, delimiter, encoding, and why (`SourceDialect`).
+    dialect: dict[str, str] = field(default_factory=dict)
     reconciliation: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
@@ -248,8 +253,9 @@ def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
         config.warehouse_url, config.notify_url, exchange=config.notify_exchange, connect=not config.dry_run
     )
     with stages.stage("load") as counts:
-        raw = load_source(config.source, cache_dir=config.cache_dir)
+        raw = load_source(config.source, cache_dir=config.cache_dir, options=config.source_options)
         report.shape = raw.shape
+        report.dialect = raw.dialect.describe()
         counts["source_rows"] = raw.num_rows
     with stages.stage("validate", total=raw.num_rows) as counts:
         validated = validate(raw, config.days)
@@ -467,11 +473,23 @@ def _with_retries(meta: Mapping[str, Any], retries: Mapping[str, int]) -> dict[s
 
 
 @_dag_task("load and validate")
-def task_load_and_validate(source: str, lake: str, start: str | None, end: str | None) -> dict[str, Any]:
-    """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder."""
+def task_load_and_validate(
+    source: str,
+    lake: str,
+    start: str | None,
+    end: str | None,
+    *,
+    date_format: str | None = None,
+    delimiter: str | None = None,
+    decimal: str | None = None,
+) -> dict[str, Any]:
+    """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder.
+    `date_format`, `delimiter` and `decimal` set the source's dialect as `--date-format` etc. do;
+    unset, it is detected. Raises `SourceError` for a value not understood."""
     days = DayRange(_parse_day(start), _parse_day(end))
+    options = SourceOptions.from_text(date_format=date_format, delimiter=delimiter, decimal=decimal)
     work = WorkFolder.for_run(lake, source, days)
-    raw = load_source(source)
+    raw = load_source(source, options=options)
     validated = validate(raw, days)
     fs, _ = lake_stage.filesystem(lake)
     fs.makedirs(work.path(""), exist_ok=True)
@@ -485,6 +503,7 @@ def task_load_and_validate(source: str, lake: str, start: str | None, end: str |
         "work_key": work.key,
         "days": [d.isoformat() for d in run_days(days, validated.days)],
         "fingerprint": source_fingerprint(raw.table),
+        "dialect": raw.dialect.describe(),
         "source_rows": raw.num_rows,
         "lines": validated.lines.num_rows,
         "rejects": validated.rejects.num_rows,

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from etl.dialect import SourceDialect
 
 if TYPE_CHECKING:  # pandas is only needed by a caller that asks for a frame
     import pandas as pd
@@ -104,11 +106,13 @@ class RawSource:
     """The source as read: the eight `SOURCE_COLUMNS` as non-null strings (empty string for an empty
     cell), plus `source_row` (int64), the 1-based data row number in the file, for tracing a reject back
     to its line. Arrow, not pandas: the job never needs a frame, and importing and converting to one
-    was a fixed cost of every run."""
+    was a fixed cost of every run. `dialect` is how the cells are written (date order, decimal mark),
+    as the loader decided it; `validate` reads the cells by it."""
 
     table: pa.Table
     name: str
-    shape: str  # "uci-xlsx", "kaggle-csv", "export-csv", ...
+    shape: str  # "uci-xlsx", "kaggle-csv", "export-csv", "csv", ... (+gzip, +zip)
+    dialect: SourceDialect = field(default_factory=SourceDialect)
 
     @property
     def num_rows(self) -> int:

@@ -12,9 +12,13 @@ Rules, per source column (surrounding whitespace is ignored everywhere except in
 | Description | anything <= 255 chars, byte-exact; empty -> null               | `description`        |
 | Quantity    | an integer in int64 (`6`, `-12`, `6.0`)                        | `quantity`           |
 | UnitPrice   | a decimal with <= 3 decimals (after trailing zeros), < 1e9     | `unit_price` decimal |
-| InvoiceDate | `YYYY-MM-DD HH:MM[:SS]` (space or `T`), or `M/D/YYYY H:MM[:SS]` | `invoice_date`       |
+| InvoiceDate | `YYYY-MM-DD HH:MM[:SS]` (space or `T`), or the source's order  | `invoice_date`       |
 | CustomerID  | empty -> null; digits, optionally `.0` (`17850.0`), <= 20      | `customer_id`        |
 | Country     | non-empty, <= 64 chars                                         | `country`            |
+
+The source's dialect (`RawSource.dialect`, decided by the loader) says how to read two of them: the
+date order of non-ISO dates (`D/M/YYYY H:MM[:SS]` or `M/D/YYYY ...`, with `/`, `.` or `-`), and the
+decimal mark of the number columns (with a decimal comma, `2,55` is 2.55 and `2.55` is a reject).
 
 Then, per invoice, the lines that passed must agree on customer, country and invoice day (the
 service stores those once per invoice); otherwise every line of the invoice is rejected.
@@ -30,6 +34,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.dialect import DateFormat
 from etl.schema import (
     LINE_SCHEMA,
     PRICE_TYPE,
@@ -59,10 +64,8 @@ _ISO_DATE = (
     r"^(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[ T]"
     r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?$"
 )
-_KAGGLE_DATE = (
-    r"^(?P<month>\d{1,2})/(?P<day>\d{1,2})/(?P<year>\d{4}) "
-    r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?$"
-)
+_DATE_FIELDS = {"d": r"(?P<day>\d{1,2})", "m": r"(?P<month>\d{1,2})", "y": r"(?P<year>\d{4})"}
+_TIME = r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?$"
 _DATE_PARTS = ("year", "month", "day", "hour", "minute", "second")
 
 
@@ -75,8 +78,9 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     keep source order.
     """
     source = _source_table(raw.table)
+    date_format, decimal = raw.dialect.date_format, raw.dialect.decimal
     if days.start is not None or days.end is not None:
-        source = _rows_of_invoices_in(source, days)
+        source = _rows_of_invoices_in(source, days, date_format)
     n = source.num_rows
     # Plain arrays, not chunked: struct results (extract_regex) then expose `.field()`.
     text: dict[str, pa.Array] = {c: source.column(c).combine_chunks() for c in SOURCE_COLUMNS}
@@ -86,10 +90,11 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     stock_code = stripped["StockCode"]
     description = text["Description"]
     country = stripped["Country"]
-    quantity, quantity_problems = _per_distinct(_quantity, stripped["Quantity"])
-    unit_price, price_problems = _per_distinct(_unit_price, stripped["UnitPrice"])
-    invoice_date, invoice_day, date_ok = _invoice_date(stripped["InvoiceDate"])
-    customer_id, customer_problems = _per_distinct(_customer_id, stripped["CustomerID"])
+    quantity, quantity_problems = _per_distinct(_quantity, stripped["Quantity"], decimal)
+    unit_price, price_problems = _per_distinct(_unit_price, stripped["UnitPrice"], decimal)
+    invoice_date, invoice_day, date_ok = _invoice_date(stripped["InvoiceDate"], date_format)
+    # An id's only fraction is `.0` (a spreadsheet's float), which no decimal mark can misread.
+    customer_id, customer_problems = _per_distinct(_customer_id, stripped["CustomerID"], "either")
 
     # Each rule: (violated mask, reason for the rows it flags); reasons are built for those rows only.
     rules: list[tuple[pa.Array, _Reason]] = [
@@ -187,7 +192,7 @@ def _text(column: pa.ChunkedArray) -> pa.Array:
     return pc.fill_null(values, "") if values.null_count else values
 
 
-def _rows_of_invoices_in(source: pa.Table, days: DayRange) -> pa.Table:
+def _rows_of_invoices_in(source: pa.Table, days: DayRange, date_format: DateFormat) -> pa.Table:
     """The rows of every invoice with a row whose day is in `days`, and the rows without a parseable
     date (their rejects are kept whatever the range).
 
@@ -196,7 +201,7 @@ def _rows_of_invoices_in(source: pa.Table, days: DayRange) -> pa.Table:
     """
     invoice_no = _invoice_numbers(pc.utf8_trim_whitespace(source.column("InvoiceNo").combine_chunks()))
     _, invoice_day, date_ok = _invoice_date(
-        pc.utf8_trim_whitespace(source.column("InvoiceDate").combine_chunks())
+        pc.utf8_trim_whitespace(source.column("InvoiceDate").combine_chunks()), date_format
     )
     touching = pc.unique(invoice_no.filter(pa.array(_in_range(invoice_day, days))))
     keep = _to_numpy_bool(pc.is_in(invoice_no, value_set=touching)) | ~_to_numpy_bool(date_ok)
@@ -245,16 +250,29 @@ def _too_long(column: str, limit: int) -> _Reason:
 _Checked = tuple[pa.Array, list[tuple[pa.Array, _Reason]]]
 
 
-def _per_distinct(check: Callable[[pa.Array], _Checked], value: pa.Array) -> _Checked:
-    """`check` run once per distinct text of `value`, its values and masks spread back to every row.
+def _per_distinct(check: Callable[[pa.Array], _Checked], value: pa.Array, decimal: str) -> _Checked:
+    """`check` run once per distinct text of `value`, its values and masks spread back to every row;
+    with a decimal comma, each text is first respelled with a point (see `_with_decimal_point`).
 
     The full data set's 541,909 rows hold ~700 distinct quantities, ~1,600 prices and ~4,400 customer
     ids, so the regexes run over a few thousand texts instead of every row.
     """
     encoded = pc.dictionary_encode(value)
-    parsed, problems = check(encoded.dictionary)
+    parsed, problems = check(_with_decimal_point(encoded.dictionary, decimal))
     rows = encoded.indices
     return parsed.take(rows), [(mask.take(rows), reason) for mask, reason in problems]
+
+
+def _with_decimal_point(value: pa.Array, decimal: str) -> pa.Array:
+    """Numbers in the spelling the checks read: with a decimal comma, `2,55` becomes `2.55`, and a text
+    with a point (`2.55`, `1.234,5`) becomes one no check accepts, so that it is rejected; the reason
+    quotes the cell as the source wrote it. `either` takes both marks (for ids)."""
+    if decimal == ".":
+        return value
+    if decimal == "either":
+        return pc.replace_substring(value, ",", ".")
+    with_point = pc.match_substring(value, ".")
+    return pc.if_else(with_point, "not a number", pc.replace_substring(value, ",", "."))
 
 
 def _quantity(value: pa.Array) -> _Checked:
@@ -309,32 +327,39 @@ def _unit_price(value: pa.Array) -> _Checked:
     return price, problems
 
 
-def _invoice_date(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(timestamp[s], date32, parsed?) from ISO or Kaggle text, checking the calendar exactly.
+def _invoice_date(value: pa.Array, date_format: DateFormat) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(timestamp[s], date32, parsed?) from ISO text or text in the source's `date_format`, checking the
+    calendar exactly.
 
     Each distinct text is parsed once: the 541,909 rows hold ~23,000 timestamps (an invoice's lines
     share theirs), so the regexes and the calendar arithmetic run over a twentieth of the rows.
     """
     encoded = pc.dictionary_encode(value)
-    timestamp, invoice_day, valid = _parse_invoice_dates(encoded.dictionary)
+    timestamp, invoice_day, valid = _parse_invoice_dates(encoded.dictionary, date_format)
     rows = encoded.indices
     return timestamp.take(rows), invoice_day.take(rows), valid.take(rows)
 
 
-def _parse_invoice_dates(value: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+def _date_pattern(date_format: DateFormat) -> str:
+    """The regex of a non-ISO date format: its fields in its order, 1- or 2-digit day, month and hour."""
+    separator = "\\" + date_format.separator
+    fields = separator.join(_DATE_FIELDS[part] for part in date_format.order)
+    return f"^{fields}[ T]{_TIME}"
+
+
+def _parse_invoice_dates(value: pa.Array, date_format: DateFormat) -> tuple[pa.Array, pa.Array, pa.Array]:
     """`_invoice_date` over distinct texts."""
     iso = pc.extract_regex(value, _ISO_DATE)
-    # When every row is ISO (the CSV export) the Kaggle pattern would be picked for no row: skip that
-    # second regex over every row.
-    kaggle = None if iso.null_count == 0 else pc.extract_regex(value, _KAGGLE_DATE)
-    matched = pc.is_valid(iso) if kaggle is None else pc.or_(pc.is_valid(iso), pc.is_valid(kaggle))
+    # When every row is ISO (the CSV export) the source's own pattern would be picked for no row: skip
+    # that second regex over every row.
+    other = None if iso.null_count == 0 or date_format.is_iso else _date_pattern(date_format)
+    own = None if other is None else pc.extract_regex(value, other)
+    matched = pc.is_valid(iso) if own is None else pc.or_(pc.is_valid(iso), pc.is_valid(own))
     numbers: dict[str, npt.NDArray[np.int64]] = {}
     for part in _DATE_PARTS:
         # StructArray.field ignores the struct's own nulls, so pick the pattern that matched.
         field = (
-            iso.field(part)
-            if kaggle is None
-            else pc.if_else(pc.is_valid(iso), iso.field(part), kaggle.field(part))
+            iso.field(part) if own is None else pc.if_else(pc.is_valid(iso), iso.field(part), own.field(part))
         )
         # A missing seconds group (or a row that matched neither pattern) reads as 0 here; the
         # `matched` mask decides validity.

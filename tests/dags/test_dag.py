@@ -142,7 +142,10 @@ def test_params_are_optional_and_dates_are_validated(retail_dag) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     params = retail_dag.params
-    assert set(params) == {"start", "end", "source", "lake", "warehouse", "notify", "notify_exchange"}
+    assert set(params) == {
+        "start", "end", "source", "lake", "warehouse", "notify", "notify_exchange",
+        "date_format", "delimiter", "decimal",
+    }
     assert {name: params[name] for name in params} == dict.fromkeys(params, None)
     for name in ("start", "end"):
         param = params.get_param(name)

@@ -15,11 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from etl import load as load_module
 from etl.errors import SourceError
 from etl.load import load_source
 from etl.pipeline import source_fingerprint
 from etl.schema import SOURCE_COLUMNS, DayRange
+from etl.sources import containers, download
 from etl.validate import validate
 from tests.etl.conftest import (
     NON_ASCII_DESCRIPTION,
@@ -175,7 +175,7 @@ def test_url_503_is_retried(shapes: Shapes, file_server: FileServer, tmp_path: P
 def test_url_failing_every_attempt_is_a_source_error(
     file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(load_module, "_DOWNLOAD_ATTEMPTS", 2)
+    monkeypatch.setattr(download, "_DOWNLOAD_ATTEMPTS", 2)
     url = f"{file_server.base_url}/broken/online_retail.csv"
 
     with pytest.raises(SourceError, match="HTTP 500"):
@@ -186,7 +186,7 @@ def test_url_failing_every_attempt_is_a_source_error(
 
 
 def test_unreachable_url_is_a_source_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_module, "_DOWNLOAD_ATTEMPTS", 1)
+    monkeypatch.setattr(download, "_DOWNLOAD_ATTEMPTS", 1)
     with pytest.raises(SourceError, match="download failed"):
         load_source("http://127.0.0.1:9/online_retail.csv", cache_dir=tmp_path)
 
@@ -287,7 +287,7 @@ def test_kaggle_latin1_is_decoded_not_rejected(tmp_path: Path) -> None:
         dict(
             zip(
                 SOURCE_COLUMNS,
-                ["536365", "21000", "BOÎTE À THÉ £", "1", "12/1/2010 8:26", "2.55", "17850", "France"],
+                ["536365", "21000", "BOÎTE À THÉ £", "1", "12/13/2010 8:26", "2.55", "17850", "France"],
                 strict=True,
             )
         )
@@ -303,14 +303,14 @@ def test_kaggle_latin1_is_decoded_not_rejected(tmp_path: Path) -> None:
 
 
 def _general_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_module, "_read_gzipped_csv", lambda data, name: None)
+    monkeypatch.setattr(containers, "_read_gzipped_csv", lambda data, name, options: None)
 
 
 def _fast_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_inflating(data: bytes, name: str) -> bytes:
         raise AssertionError("the general path inflated the file")
 
-    monkeypatch.setattr(load_module, "_gunzip", no_inflating)
+    monkeypatch.setattr(containers, "_gunzip", no_inflating)
 
 
 def test_a_gzipped_csv_is_parsed_while_inflated_to_exactly_what_the_general_path_reads(
@@ -348,7 +348,7 @@ def test_a_gzip_the_fast_path_does_not_take_is_read_by_the_general_path(
         dict(
             zip(
                 SOURCE_COLUMNS,
-                ["536365", "21000", "BOÎTE À THÉ £", "1", "12/1/2010 8:26", "2.55", "17850", "France"],
+                ["536365", "21000", "BOÎTE À THÉ £", "1", "12/13/2010 8:26", "2.55", "17850", "France"],
                 strict=True,
             )
         )

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from etl.dialect import DateFormat, SourceDialect
 from etl.load import load_source
 from etl.schema import LINE_SCHEMA, REJECT_SCHEMA, SOURCE_COLUMNS, DayRange, RawSource, ValidatedSource
 from etl.validate import validate
@@ -36,7 +37,11 @@ def raw(*rows: dict[str, str]) -> RawSource:
     columns = {c: pa.array([r[c] for r in records], pa.string()) for c in SOURCE_COLUMNS}
     source_row = pa.array(np.arange(1, len(records) + 1, dtype=np.int64))
     return RawSource(
-        table=pa.table({**columns, "source_row": source_row}), name="test.csv", shape="export-csv"
+        table=pa.table({**columns, "source_row": source_row}),
+        name="test.csv",
+        shape="export-csv",
+        # ISO dates are read under every format; the month-first ones below need it said.
+        dialect=SourceDialect(date_format=DateFormat.from_pattern("%m/%d/%Y %H:%M")),
     )
 
 
