@@ -20,7 +20,13 @@ from api import arrow_pages
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
-from api.errors import ConflictError, InvalidInputError, NotFoundError
+from api.errors import (
+    ConflictError,
+    InvalidBodyError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailedError,
+)
 from api.events import relay
 from api.observability.logging import configure_logging
 from api.observability.metrics import Metrics, metrics_endpoint
@@ -177,6 +183,14 @@ def _add_exception_handlers(app: FastAPI) -> None:
         error = {"type": exc.error_type, "loc": list(exc.loc), "msg": str(exc)}
         return JSONResponse(status_code=422, content={"detail": [error]})
 
+    @app.exception_handler(InvalidBodyError)
+    async def _invalid_body(_request: Request, exc: InvalidBodyError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_errors(exc.errors)})
+
+    @app.exception_handler(PreconditionFailedError)
+    async def _precondition_failed(_request: Request, exc: PreconditionFailedError) -> JSONResponse:
+        return JSONResponse(status_code=412, content={"detail": str(exc)})
+
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
@@ -186,6 +200,8 @@ def _add_exception_handlers(app: FastAPI) -> None:
         content: dict[str, Any] = {"detail": str(exc)}
         if exc.invoice_nos:
             content["invoice_nos"] = exc.invoice_nos
+        if exc.invoice_count is not None:
+            content["invoice_count"] = exc.invoice_count
         return JSONResponse(status_code=409, content=content)
 
     @app.exception_handler(IntegrityError)

@@ -6,6 +6,7 @@ Field limits match the database columns (`api.models`), so anything that validat
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Any, NotRequired
 
@@ -26,6 +27,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from api import models
+from api.content_hash import money_text
 
 MAX_BULK_CUSTOMERS = 10_000
 MAX_BULK_INVOICES = 5_000
@@ -36,8 +38,9 @@ INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Patterns shared with the path parameters (api.deps). Identifiers that travel in URL paths exclude "/"
-# and control characters; PostgreSQL cannot store NUL in text at all.
-CUSTOMER_ID_PATTERN = r"^[0-9]+$"
+# and control characters; PostgreSQL cannot store NUL in text at all. A customer id is any such string
+# (the course's model is `customer_id: str`: "22ff32f22f"); the data set's are digits ("17850").
+CUSTOMER_ID_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 INVOICE_NO_PATTERN = r"^[A-Za-z0-9]+$"
 STOCK_CODE_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 COUNTRY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -48,6 +51,20 @@ _THOUSANDTH = Decimal("0.001")
 # The data's timestamps are naive local (UK) time. OpenAPI's `date-time` format requires an offset, so
 # declaring it would make every answer invalid for a strict client: describe what is really exchanged.
 LOCAL_DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"
+#: What a request may send: the same, or a date alone ("2021-01-05"), which is that day's midnight.
+LOCAL_DATE_OR_TIME_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?$"
+)
+_DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _date_only_is_midnight(value: Any) -> Any:
+    """A date-only string ("2021-01-05") as that day's midnight; everything else is left to validation."""
+    if isinstance(value, str) and _DATE_ONLY.match(value):
+        return value + "T00:00:00"
+    return value
+
+
 LocalDatetime = Annotated[
     NaiveDatetime,
     WithJsonSchema(
@@ -56,6 +73,19 @@ LocalDatetime = Annotated[
             "pattern": LOCAL_DATE_TIME_PATTERN,
             "description": "Local (UK) time without an offset, as in the source data",
             "examples": ["2010-12-01T08:26:00"],
+        }
+    ),
+]
+#: A request's timestamp: a `LocalDatetime`, or a date alone for its midnight.
+LocalDatetimeIn = Annotated[
+    NaiveDatetime,
+    BeforeValidator(_date_only_is_midnight),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": LOCAL_DATE_OR_TIME_PATTERN,
+            "description": "Local (UK) time without an offset, or a date alone (its midnight)",
+            "examples": ["2010-12-01T08:26:00", "2021-01-05"],
         }
     ),
 ]
@@ -74,9 +104,6 @@ def _three_places(value: Decimal) -> Decimal:
     return value if value else Decimal("0.000")
 
 
-def money_text(value: Decimal) -> str:
-    """The one spelling of an amount: three decimals, no exponent ("2.550")."""
-    return format(value.quantize(_THOUSANDTH), "f")
 
 
 CustomerId = Annotated[
@@ -120,6 +147,13 @@ class CustomerCreate(BaseModel):
     country: Country
 
 
+class CustomerReplace(BaseModel):
+    """The body of PUT /customer/{customer_id}; `customer_id` may be left out, else it is the path's."""
+
+    customer_id: CustomerId | None = None
+    country: Country
+
+
 class CustomerPublic(BaseModel):
     """A stored customer."""
 
@@ -143,7 +177,7 @@ class LineFields(BaseModel):
     description: Description | None = None
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: LocalDatetime | None = None
+    invoice_date: LocalDatetimeIn | None = None
 
 
 # Lines inside invoices are TypedDicts, not models: a bulk request carries up to 50,000 of them and
@@ -161,7 +195,7 @@ class LineCreate(TypedDict):
     description: NotRequired[Description | None]
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: NotRequired[LocalDatetime | None]
+    invoice_date: NotRequired[LocalDatetimeIn | None]
 
 
 class LinePublic(TypedDict):
@@ -178,41 +212,67 @@ class LinePublic(TypedDict):
 # --- invoices -------------------------------------------------------------------------------------
 
 
+def _number_lines(lines: list[LineCreate], info: ValidationInfo) -> list[LineCreate]:
+    """Fill in missing line numbers and timestamps; refuse a line number used twice."""
+    invoice_date = info.data.get("invoice_date")
+    seen: set[int] = set()
+    next_no = 1
+    for line in lines:
+        line_no = line.get("line_no")
+        if line_no is None:
+            line_no = line["line_no"] = next_no
+        if line_no in seen:
+            raise PydanticCustomError(
+                "line_no_duplicate", "line_no {line_no} appears more than once", {"line_no": line_no}
+            )
+        seen.add(line_no)
+        next_no = max(next_no, line_no + 1)
+        if line.get("invoice_date") is None:
+            line["invoice_date"] = invoice_date
+        line.setdefault("description", None)
+    return lines
+
+
 class InvoiceCreate(BaseModel):
-    """An invoice for POST /customer/{customer_id}/invoice; lines are optional."""
+    """An invoice for POST /customer/{customer_id}/invoice; lines are optional, and so is `country`
+    (the customer's). An integer `invoice_no` is kept as its decimal string."""
 
     invoice_no: InvoiceNo
-    invoice_date: LocalDatetime
-    country: Country
+    invoice_date: LocalDatetimeIn
+    country: Country | None = Field(default=None, description="Missing: the customer's country")
     lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
 
-    @field_validator("lines")
-    @classmethod
-    def _number_lines(cls, lines: list[LineCreate], info: ValidationInfo) -> list[LineCreate]:
-        """Fill in missing line numbers and timestamps; refuse a line number used twice."""
-        invoice_date = info.data.get("invoice_date")
-        seen: set[int] = set()
-        next_no = 1
-        for line in lines:
-            line_no = line.get("line_no")
-            if line_no is None:
-                line_no = line["line_no"] = next_no
-            if line_no in seen:
-                raise PydanticCustomError(
-                    "line_no_duplicate", "line_no {line_no} appears more than once", {"line_no": line_no}
-                )
-            seen.add(line_no)
-            next_no = max(next_no, line_no + 1)
-            if line.get("invoice_date") is None:
-                line["invoice_date"] = invoice_date
-            line.setdefault("description", None)
-        return lines
+    _lines = field_validator("lines")(_number_lines)
 
 
 class InvoiceWithCustomerCreate(InvoiceCreate):
-    """An invoice for POST /invoice and the bulk path: the customer, if any, is in the body."""
+    """An invoice for POST /invoice: the customer, if any, is in the body; without a customer the
+    invoice needs its `country`."""
 
     customer_id: CustomerId | None = None
+
+
+class BulkInvoiceCreate(InvoiceWithCustomerCreate):
+    """An invoice of a bulk write: `country` is required (a batch's hashes are computed before any
+    customer is read)."""
+
+    country: Country  # type: ignore[assignment]
+
+
+class InvoiceReplace(BaseModel):
+    """The body of PUT /invoice/{invoice_no}: the whole invoice, its lines replacing the stored ones.
+
+    `invoice_no` may be left out; when given it must be the path's. A missing `customer_id` is an invoice
+    without a customer; a missing `country` is the customer's.
+    """
+
+    invoice_no: InvoiceNo | None = None
+    invoice_date: LocalDatetimeIn
+    country: Country | None = Field(default=None, description="Missing: the customer's country")
+    customer_id: CustomerId | None = None
+    lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
+
+    _lines = field_validator("lines")(_number_lines)
 
 
 class InvoicePublic(BaseModel):
@@ -261,11 +321,11 @@ class BulkCustomersResult(BaseModel):
 class BulkInvoicesCreate(BaseModel):
     """Many invoices with their lines, written in one transaction."""
 
-    invoices: list[InvoiceWithCustomerCreate] = Field(max_length=MAX_BULK_INVOICES)
+    invoices: list[BulkInvoiceCreate] = Field(max_length=MAX_BULK_INVOICES)
 
     @field_validator("invoices")
     @classmethod
-    def _limit_lines(cls, invoices: list[InvoiceWithCustomerCreate]) -> list[InvoiceWithCustomerCreate]:
+    def _limit_lines(cls, invoices: list[BulkInvoiceCreate]) -> list[BulkInvoiceCreate]:
         """At most 50,000 lines per request, so one transaction stays short."""
         total = sum(len(invoice.lines) for invoice in invoices)
         if total > MAX_BULK_LINES:

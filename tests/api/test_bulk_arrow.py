@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from api import arrow_pages, arrow_writes, crud, schemas
+from api import arrow_pages, arrow_writes, content_hash, schemas
+from api.crud import invoice_store
 from tests.api.helpers import invoice, line, row_counts
 
 ARROW = arrow_pages.ARROW_STREAM
@@ -308,10 +309,10 @@ def sample_invoices() -> list[dict[str, Any]]:
     return list(invoices.values())
 
 
-def json_store(invoices: list[dict[str, Any]]) -> crud.InvoicesToStore:
+def json_store(invoices: list[dict[str, Any]]) -> invoice_store.InvoicesToStore:
     """What the JSON path makes of `invoices`."""
     parsed = schemas.BulkInvoicesCreate.model_validate({"invoices": invoices}).invoices
-    return crud.invoices_to_store([(body, body.customer_id) for body in parsed])
+    return invoice_store.invoices_to_store([(body, body.customer_id) for body in parsed])
 
 
 @pytest.mark.parametrize("make", [sample_invoices, nasty_batch], ids=["sample", "nasty"])
@@ -328,7 +329,7 @@ def test_arrow_and_json_make_the_same_invoices_to_store(make: Callable[[], list[
         assert flat == sorted((i, *tuple_) for i, lines in enumerate(from_json.lines) for tuple_ in lines)
 
 
-def test_the_hash_is_crud_content_hash_for_nasty_strings() -> None:
+def test_the_arrow_hash_is_the_one_content_hash_for_nasty_strings() -> None:
     date = dt.datetime(2010, 12, 1, 8, 26)
     for text_ in NASTY_TEXT:
         rows = [
@@ -362,7 +363,7 @@ def test_the_hash_is_crud_content_hash_for_nasty_strings() -> None:
         (stored,) = arrow_writes.read_invoices(
             stream_of(pa.Table.from_pylist(rows, schema=BODY_SCHEMA))
         ).invoices
-        expected = crud.content_hash(
+        expected = content_hash.content_hash(
             invoice_no="1",
             customer_id=None,
             invoice_date=date,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from api.crud import content_hash
+from api.content_hash import content_hash
 from tests.api.helpers import invoice, line
 
 TRICKY_TEXT = [

@@ -1,0 +1,124 @@
+"""What the resource routers share: the documented error answers, conditional-request headers, and
+GET routes that answer HEAD too.
+
+Every status code a route can answer is declared here once (see `errors`), so the OpenAPI document
+lists exactly what the service sends (schemathesis holds the two to each other: tests/api/test_contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+
+from api.core.merge_patch import MERGE_PATCH
+
+_ERROR = {
+    "type": "object",
+    "properties": {"detail": {}},
+    "required": ["detail"],
+}
+_ETAG_HEADER = {"ETag": {"description": "Strong tag of the body the GET sends", "schema": {"type": "string"}}}
+
+#: The error answers by status code, with their meaning.
+_DESCRIPTIONS: dict[int, str] = {
+    304: "Not Modified: `If-None-Match` names the current ETag; no body",
+    400: "Malformed request (an invalid Content-Length)",
+    401: "Missing or invalid credentials",
+    404: "Not found",
+    409: "Conflicts with stored data",
+    412: "Precondition Failed: `If-Match` / `If-None-Match` does not hold for the current state",
+    413: "Request body over the service's limit",
+    429: "Rate limit exceeded; `Retry-After` says when to retry",
+    503: "The database is unavailable; retry later",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for the status codes `codes`."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"description": _DESCRIPTIONS[code]}
+        if code == 304:
+            entry["headers"] = _ETAG_HEADER
+            entry["content"] = {}
+        else:
+            entry["content"] = {"application/json": {"schema": _ERROR}}
+        if code == 429:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        documented[code] = entry
+    return documented
+
+
+#: What any data route may answer besides its own: authentication, rate limit, body size, database.
+DATA_ROUTE_ERRORS = errors(400, 401, 413, 429, 503)
+
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="An ETag (or `*`) from a previous GET: 304 when it is still current"),
+]
+IfMatch = Annotated[
+    str | None,
+    Header(description="The ETag of the state the change is based on (or `*`): 412 when it is not current"),
+]
+
+#: The request body of PATCH: a JSON merge patch (RFC 7396), as `application/merge-patch+json` or JSON.
+MERGE_PATCH_BODY = {"type": "object", "description": "JSON Merge Patch (RFC 7396)"}
+
+
+def merge_patch_body(example: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` documenting a merge-patch request body (both media types it is accepted as)."""
+    content = {"schema": MERGE_PATCH_BODY, "example": example}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {MERGE_PATCH: content, "application/json": content},
+        }
+    }
+
+
+def get_with_head(
+    router: APIRouter,
+    path: str,
+    *,
+    response_model: Any,
+    responses: dict[int | str, dict[str, Any]],
+    **kwargs: Any,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated endpoint for GET `path` and for HEAD `path` (the GET's headers, its ETag
+    and Content-Length included, without the body). The endpoint reads `request.method` to leave the
+    body out (`api.core.etag.json_response`)."""
+
+    def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["GET"],
+            response_model=response_model,
+            responses={200: {"headers": _ETAG_HEADER}, **errors(304), **responses},
+            **kwargs,
+        )
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=["HEAD"],
+            name=f"head_{endpoint.__name__}",
+            response_class=Response,
+            response_model=None,
+            summary=f"Headers of GET {path}",
+            description="The headers GET would send (ETag, Content-Length), without the body.",
+            responses={
+                200: {"description": "The GET's headers", "headers": _ETAG_HEADER},
+                **errors(304),
+                **{
+                    code: {"description": entry.get("description", "See GET")}
+                    for code, entry in responses.items()
+                    if code != 200
+                },
+            },
+            **kwargs,
+        )
+        return endpoint
+
+    return register
