@@ -57,7 +57,7 @@ def test_bulk_customers_validation(client: TestClient) -> None:
     too_many = {"customers": [{"customer_id": str(n), "country": "X"} for n in range(10_001)]}
     assert client.post("/bulk/customers", json=too_many).json()["detail"][0]["loc"] == ["body", "customers"]
     bad = client.post(
-        "/bulk/customers", json={"customers": [{"customer_id": "1", "country": "X"}, {"customer_id": "x"}]}
+        "/bulk/customers", json={"customers": [{"customer_id": "1", "country": "X"}, {"customer_id": "x/y"}]}
     )
     assert bad.status_code == 422
     locs = [error["loc"] for error in bad.json()["detail"]]

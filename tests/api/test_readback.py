@@ -136,7 +136,7 @@ def test_bad_invoices_cursor_is_422(client: TestClient, cursor: str) -> None:
 
 def test_bad_customers_cursor_is_422(client: TestClient, stored: None) -> None:
     invoices_cursor = client.get("/invoices", params={"limit": 1}).json()["next_cursor"]
-    for cursor in (invoices_cursor, encode(["c", "1' OR '1'='1"]), "x" * 600):
+    for cursor in (invoices_cursor, encode(["c", "a/b"]), encode(["c", "1\u0000"]), "x" * 600):
         response = client.get("/customers", params={"cursor": cursor})
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
