@@ -289,3 +289,64 @@ def test_lines_of_a_stock_code_not_on_the_invoice_is_404(client: TestClient) -> 
     assert response.status_code == 404
     assert "NOPE" in response.json()["detail"]
     assert client.get("/invoice/999999/85123A/").json() == {"detail": "invoice 999999 not found"}
+
+
+def test_the_course_example_invoice_takes_its_customers_country_and_midnight(client: TestClient) -> None:
+    """The course's `POST /customer/12345/invoice {"invoice_no": 123456, "invoice_date": "2021-01-05"}`."""
+    assert client.post("/customer", json={"customer_id": "12345", "country": "Germany"}).status_code == 201
+    response = client.post(
+        "/customer/12345/invoice", json={"invoice_no": 123456, "invoice_date": "2021-01-05"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "invoice_no": "123456",
+        "invoice_date": "2021-01-05T00:00:00",
+        "invoice_day": "2021-01-05",
+        "country": "Germany",
+        "customer_id": "12345",
+        "customer": {"url": "/customer/12345"},
+        "lines": [],
+    }
+    # The replay is recognised as identical: the default was applied before the content hash.
+    again = client.post("/customer/12345/invoice", json={"invoice_no": 123456, "invoice_date": "2021-01-05"})
+    assert again.status_code == 200
+    # A country given is kept.
+    other = client.post(
+        "/customer/12345/invoice",
+        json={"invoice_no": "123457", "invoice_date": "2021-01-05", "country": "EIRE"},
+    )
+    assert other.json()["country"] == "EIRE"
+
+
+def test_an_invoice_without_customer_or_country_is_422_naming_country(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post("/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "country"]
+    unknown = client.post(
+        "/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05", "customer_id": "404"}
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "customer_id"]
+    assert (
+        client.post(
+            "/customer/404/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05"}
+        ).status_code
+        == 404
+    )
+    assert row_counts(engine)["invoices"] == 0
+
+
+@pytest.mark.parametrize("bad", ["2021-13-05", "2021-01-32", "05/01/2021", "2021-01-05Z"])
+def test_a_bad_date_is_422_naming_invoice_date(client: TestClient, bad: str) -> None:
+    response = client.post("/invoice", json={"invoice_no": "1", "invoice_date": bad, "country": "X"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "invoice_date"]
+
+
+def test_a_bulk_invoice_still_needs_its_country(client: TestClient) -> None:
+    body = {"invoices": [{"invoice_no": "1", "invoice_date": "2021-01-05", "customer_id": None}]}
+    response = client.post("/bulk/invoices", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "invoices", 0, "country"]
