@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import arrow_pages
@@ -171,8 +173,31 @@ def _validation_errors(errors: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
+#: The order `Allow` lists methods in.
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(routes: Any, path: str) -> list[str]:
+    """Every method some route answers at `path`: a path's methods are spread over several routes."""
+    methods: set[str] = set()
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and getattr(route, "methods", None) and regex.match(path):
+            methods.update(route.methods)
+    return sorted(methods, key=lambda method: (*_METHOD_ORDER, method).index(method))
+
+
 def _add_exception_handlers(app: FastAPI) -> None:
     """One response shape per error; bodies never carry tracebacks or SQL."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names only the methods of the first route matching the path (RFC 9110 §15.5.6
+            # wants all of them).
+            allowed = _allowed_methods(request.app.router.routes, request.scope["path"])
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,7 @@ Field limits match the database columns (`api.models`), so anything that validat
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any, NotRequired
@@ -46,15 +47,16 @@ STOCK_CODE_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 COUNTRY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 DESCRIPTION_PATTERN = r"^[^\x00]*$"
 
+#: A read-back cursor: `<invoice_day>_<invoice_no>` of the last invoice of the previous page.
+INVOICE_CURSOR_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])_[A-Za-z0-9]{1,20}$"
+
 _THOUSANDTH = Decimal("0.001")
 
 # The data's timestamps are naive local (UK) time. OpenAPI's `date-time` format requires an offset, so
 # declaring it would make every answer invalid for a strict client: describe what is really exchanged.
 LOCAL_DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"
 #: What a request may send: the same, or a date alone ("2021-01-05"), which is that day's midnight.
-LOCAL_DATE_OR_TIME_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?$"
-)
+LOCAL_DATE_OR_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?$"
 _DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
@@ -104,17 +106,48 @@ def _three_places(value: Decimal) -> Decimal:
     return value if value else Decimal("0.000")
 
 
-
-
 CustomerId = Annotated[
     str,
     BeforeValidator(_int_to_str),
     StringConstraints(min_length=1, max_length=models.CUSTOMER_ID_LENGTH, pattern=CUSTOMER_ID_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": models.CUSTOMER_ID_LENGTH,
+                    "pattern": CUSTOMER_ID_PATTERN,
+                },
+                # An integer is kept as its decimal string, which must fit the column.
+                {
+                    "type": "integer",
+                    "minimum": -(10 ** (models.CUSTOMER_ID_LENGTH - 1)) + 1,
+                    "maximum": 10**models.CUSTOMER_ID_LENGTH - 1,
+                },
+            ],
+            "examples": ["17850", "22ff32f22f"],
+        }
+    ),
 ]
 InvoiceNo = Annotated[
     str,
     BeforeValidator(_int_to_str),
     StringConstraints(min_length=1, max_length=models.INVOICE_NO_LENGTH, pattern=INVOICE_NO_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": models.INVOICE_NO_LENGTH,
+                    "pattern": INVOICE_NO_PATTERN,
+                },
+                {"type": "integer", "minimum": 0, "maximum": 10**models.INVOICE_NO_LENGTH - 1},
+            ],
+            "examples": ["536365", 123456],
+        }
+    ),
 ]
 StockCode = Annotated[
     str, StringConstraints(min_length=1, max_length=models.STOCK_CODE_LENGTH, pattern=STOCK_CODE_PATTERN)
@@ -127,11 +160,59 @@ Description = Annotated[
 ]
 Quantity = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 LineNo = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+#: A price as text: up to 9 digits before the point and 3 after, no exponent, no spaces.
+PRICE_TEXT_PATTERN = r"^[+-]?[0-9]{1,9}(\.[0-9]{1,3})?$"
+_PRICE_TEXT = re.compile(PRICE_TEXT_PATTERN)
+_MAX_PRICE = Decimal(10 ** (models.PRICE_PRECISION - models.PRICE_SCALE)) - _THOUSANDTH
+
+
+def _price_in(value: Any) -> Any:
+    """A price from JSON: text matching `PRICE_TEXT_PATTERN` exactly, or a number.
+
+    A JSON number reaches us as a binary float: one within a few ulps of a three-decimal amount is that
+    amount (`2.55`, or `2549 * 0.001` computed by a client), any other is refused, never rounded.
+    """
+    if isinstance(value, str):
+        if not _PRICE_TEXT.fullmatch(value):
+            raise PydanticCustomError(
+                "price_format",
+                'a price is text of up to 9 digits and 3 decimals ("2.55", "-0.5") or a JSON number',
+            )
+        return Decimal(value)
+    if isinstance(value, float) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > float(_MAX_PRICE):
+            raise PydanticCustomError("price_range", "a price is between -999999999.999 and 999999999.999")
+        amount = Decimal(repr(value)).quantize(_THOUSANDTH)
+        if abs(float(amount) - value) > 4 * math.ulp(value):
+            raise PydanticCustomError(
+                "decimal_max_places", "Decimal input should have no more than 3 decimal places"
+            )
+        return amount
+    return value
+
+
 #: Exact money in: a JSON string ("2.55") or number, at most 3 decimals and 12 digits.
 UnitPrice = Annotated[
     Decimal,
+    BeforeValidator(_price_in),
     Field(max_digits=models.PRICE_PRECISION, decimal_places=models.PRICE_SCALE),
     AfterValidator(_three_places),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": PRICE_TEXT_PATTERN},
+                {
+                    "type": "number",
+                    "minimum": -float(_MAX_PRICE),
+                    "maximum": float(_MAX_PRICE),
+                    "multipleOf": 0.001,
+                },
+            ],
+            "description": 'Exact: text ("2.55") or a number, at most 9 digits and 3 decimals',
+            "examples": ["2.55"],
+        }
+    ),
 ]
 #: Exact money out: always a JSON string with three decimals ("2.550").
 Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
@@ -256,7 +337,7 @@ class BulkInvoiceCreate(InvoiceWithCustomerCreate):
     """An invoice of a bulk write: `country` is required (a batch's hashes are computed before any
     customer is read)."""
 
-    country: Country  # type: ignore[assignment]
+    country: Country
 
 
 class InvoiceReplace(BaseModel):
@@ -355,7 +436,17 @@ ContentHash = Annotated[str, StringConstraints(min_length=64, max_length=64, pat
 class InvoiceHashes(BaseModel):
     """Invoice numbers with the content hash the client computed for each."""
 
-    invoices: dict[InvoiceNo, ContentHash] = Field(max_length=MAX_BULK_LINES)
+    invoices: dict[InvoiceNo, ContentHash] = Field(
+        max_length=MAX_BULK_LINES,
+        json_schema_extra={
+            "propertyNames": {
+                "minLength": 1,
+                "maxLength": models.INVOICE_NO_LENGTH,
+                "pattern": INVOICE_NO_PATTERN,
+            },
+            "maxProperties": MAX_BULK_LINES,
+        },
+    )
 
 
 class InvoiceHashComparison(BaseModel):

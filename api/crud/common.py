@@ -5,12 +5,8 @@ Writes run in one transaction each (`writing`); on SQLite it begins with `BEGIN 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -219,43 +215,6 @@ def invoice_days(start: dt.date | None, end: dt.date | None) -> list[ColumnEleme
     if end is not None:
         conditions.append(Invoice.invoice_day <= end)
     return conditions
-
-
-def encode_cursor(kind: str, *parts: str) -> str:
-    """An opaque keyset cursor: base64url of `[kind, *parts]`."""
-    raw = json.dumps([kind, *parts], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def matching(pattern: str) -> Callable[[str], str]:
-    """A cursor part converter that only lets through what the request schemas would accept."""
-    compiled = re.compile(pattern)
-
-    def check(part: str) -> str:
-        if len(part) > 100 or not compiled.match(part):
-            raise ValueError("unexpected cursor part")
-        return part
-
-    return check
-
-
-def decode_cursor(cursor: str, *, kind: str, parts: tuple[Callable[[str], Any], ...]) -> list[Any]:
-    """The parts of a cursor made by `encode_cursor(kind, ...)`; InvalidInputError for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = json.loads(raw)
-        if (
-            not isinstance(decoded, list)
-            or len(decoded) != len(parts) + 1
-            or decoded[0] != kind
-            or not all(isinstance(part, str) for part in decoded[1:])
-        ):
-            raise ValueError("unexpected cursor content")
-        return [convert(part) for convert, part in zip(parts, decoded[1:], strict=True)]
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-        raise InvalidInputError(
-            "invalid cursor: pass back the next_cursor of the previous page", loc=("query", "cursor")
-        ) from error
 
 
 def validate_body(model: type[Model], data: Any) -> Model:

@@ -236,12 +236,10 @@ def read_customers_page(
     )
     stmt = select(Customer.customer_id, Customer.country).where(exists(has_invoice))
     if cursor is not None:
-        (after,) = common.decode_cursor(
-            cursor, kind="c", parts=(common.matching(schemas.CUSTOMER_ID_PATTERN),)
-        )
-        stmt = stmt.where(Customer.customer_id > after)
+        # The cursor is the last customer id of the previous page (any customer id is a position).
+        stmt = stmt.where(Customer.customer_id > cursor)
     rows = session.execute(stmt.order_by(Customer.customer_id).limit(limit + 1)).all()
-    next_cursor = common.encode_cursor("c", rows[limit - 1].customer_id) if len(rows) > limit else None
+    next_cursor = rows[limit - 1].customer_id if len(rows) > limit else None
     return schemas.CustomerPage.model_validate(
         {
             "items": [{"customer_id": row.customer_id, "country": row.country} for row in rows[:limit]],

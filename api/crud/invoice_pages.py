@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import select, tuple_
+from sqlalchemy import ColumnElement, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from api import arrow_pages, schemas
@@ -59,16 +60,31 @@ def _invoice_page_headers(
     """One keyset page of invoice headers ordered by (invoice_day, invoice_no), and the next cursor."""
     stmt = select(*common.INVOICE_COLUMNS).where(*common.invoice_days(start, end))
     if cursor is not None:
-        after_day, after_no = common.decode_cursor(
-            cursor, kind="i", parts=(dt.date.fromisoformat, common.matching(schemas.INVOICE_NO_PATTERN))
-        )
-        stmt = stmt.where(tuple_(Invoice.invoice_day, Invoice.invoice_no) > tuple_(after_day, after_no))
+        stmt = stmt.where(_after(cursor))
     headers = list(session.execute(stmt.order_by(Invoice.invoice_day, Invoice.invoice_no).limit(limit + 1)))
     next_cursor = None
     if len(headers) > limit:
         last = headers[limit - 1]
-        next_cursor = common.encode_cursor("i", last.invoice_day.isoformat(), last.invoice_no)
+        next_cursor = f"{last.invoice_day.isoformat()}_{last.invoice_no}"
     return headers[:limit], next_cursor
+
+
+def _after(cursor: str) -> ColumnElement[bool]:
+    """The invoices after the keyset position `cursor`, `<invoice_day>_<invoice_no>`
+    (`schemas.INVOICE_CURSOR_PATTERN`, which the query parameter has checked).
+
+    Every value the pattern lets through is a position: a day past its month's end (`2011-02-30`) is
+    after that month's last day, and year 0000 is before every invoice.
+    """
+    day_text, invoice_no = cursor.split("_", 1)
+    year, month, day = (int(part) for part in day_text.split("-"))
+    try:
+        after_day = dt.date(year, month, day)
+    except ValueError:
+        if year == 0:
+            return true()
+        return Invoice.invoice_day > dt.date(year, month, calendar.monthrange(year, month)[1])
+    return tuple_(Invoice.invoice_day, Invoice.invoice_no) > tuple_(after_day, invoice_no)
 
 
 def _page_json(page: dict[str, Any]) -> bytes:

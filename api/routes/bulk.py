@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from api import arrow_pages, arrow_writes, schemas
+from api import arrow_pages, arrow_writes, models, schemas
 from api.core.fastjson import OrjsonRoute
 from api.crud import customers, invoice_pages, invoice_store
 from api.deps import REQUIRE_API_KEY, SessionDep
@@ -26,8 +26,22 @@ router = APIRouter(
 StartQuery = Annotated[dt.date | None, Query(description="First invoice day, inclusive")]
 EndQuery = Annotated[dt.date | None, Query(description="Last invoice day, inclusive")]
 LimitQuery = Annotated[int, Query(ge=1, le=5000, description="Items per page")]
-CursorQuery = Annotated[
-    str | None, Query(max_length=512, description="The previous page's `next_cursor`; opaque")
+InvoiceCursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=31,
+        pattern=schemas.INVOICE_CURSOR_PATTERN,
+        description="The previous page's `next_cursor` (`<invoice_day>_<invoice_no>` of its last invoice)",
+    ),
+]
+CustomerCursorQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=models.CUSTOMER_ID_LENGTH,
+        pattern=schemas.CUSTOMER_ID_PATTERN,
+        description="The previous page's `next_cursor` (the last customer id of that page)",
+    ),
 ]
 
 
@@ -166,7 +180,7 @@ def read_invoices(
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = 1000,
-    cursor: CursorQuery = None,
+    cursor: InvoiceCursorQuery = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     """Invoices of the days [start, end] with their lines, ordered by (invoice_day, invoice_no)."""
@@ -187,7 +201,7 @@ def read_customers(
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = 1000,
-    cursor: CursorQuery = None,
+    cursor: CustomerCursorQuery = None,
 ) -> schemas.CustomerPage:
     """Customers with an invoice in the days [start, end], ordered by customer_id."""
     return customers.read_customers_page(session, start=start, end=end, limit=limit, cursor=cursor)

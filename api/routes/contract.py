@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
+from pydantic import WithJsonSchema
 
 from api.core.merge_patch import MERGE_PATCH
 
@@ -54,13 +55,27 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 #: What any data route may answer besides its own: authentication, rate limit, body size, database.
 DATA_ROUTE_ERRORS = errors(400, 401, 413, 429, 503)
 
+#: `*` or a list of entity tags (RFC 9110 §8.8.3: `"tag"` or `W/"tag"`), as `If-Match` and
+#: `If-None-Match` carry them; anything else is 422 naming the header.
+ENTITY_TAGS_PATTERN = r'^(\*|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$'
+_ENTITY_TAGS_SCHEMA = {"type": "string", "pattern": ENTITY_TAGS_PATTERN, "examples": ['"5e0bfc6042da8bc6"']}
+
 IfNoneMatch = Annotated[
     str | None,
-    Header(description="An ETag (or `*`) from a previous GET: 304 when it is still current"),
+    Header(
+        pattern=ENTITY_TAGS_PATTERN,
+        description="An ETag (or `*`) from a previous GET: 304 when it is still current",
+    ),
+    # Documented without the null that `None` would add: the header is absent or a tag list.
+    WithJsonSchema(_ENTITY_TAGS_SCHEMA),
 ]
 IfMatch = Annotated[
     str | None,
-    Header(description="The ETag of the state the change is based on (or `*`): 412 when it is not current"),
+    Header(
+        pattern=ENTITY_TAGS_PATTERN,
+        description="The ETag of the state the change is based on (or `*`): 412 when it is not current",
+    ),
+    WithJsonSchema(_ENTITY_TAGS_SCHEMA),
 ]
 
 #: The request body of PATCH: a JSON merge patch (RFC 7396), as `application/merge-patch+json` or JSON.
