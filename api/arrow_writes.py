@@ -503,7 +503,23 @@ def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found:
         le=schemas.INT32_MAX,
     )
     _check_strings(lines, _LINE_STRINGS, found)
-    _check_required(lines["quantity"], found, "int_type", "Input should be a valid integer")
+    quantity = lines["quantity"]
+    _check_required(quantity, found, "int_type", "Input should be a valid integer")
+    # The JSON body's bounds (schemas.QUANTITY_MAX), so both bodies accept the same quantities.
+    quantity.report(
+        found,
+        pc.greater(quantity.values, schemas.QUANTITY_MAX),
+        "less_than_equal",
+        f"Input should be less than or equal to {schemas.QUANTITY_MAX}",
+        le=schemas.QUANTITY_MAX,
+    )
+    quantity.report(
+        found,
+        pc.less(quantity.values, -schemas.QUANTITY_MAX),
+        "greater_than_equal",
+        f"Input should be greater than or equal to {-schemas.QUANTITY_MAX}",
+        ge=-schemas.QUANTITY_MAX,
+    )
     price = lines["unit_price"]
     _check_required(
         price, found, "decimal_type", "Decimal input should be an integer, float, string or Decimal object"

@@ -32,10 +32,19 @@ class InvalidInputError(ServiceError):
     `loc` follows FastAPI's validation errors: `("body", "invoices", 3, "customer_id")`.
     """
 
-    def __init__(self, message: str, *, loc: Sequence[str | int], error_type: str = "value_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        loc: Sequence[str | int],
+        error_type: str = "value_error",
+        status_code: int = 422,
+    ) -> None:
         super().__init__(message)
         self.loc = tuple(loc)
         self.error_type = error_type
+        #: 422, or 409 when the value is well formed but names what is not stored (an unknown customer).
+        self.status_code = status_code
 
 
 class PreconditionFailedError(ServiceError):

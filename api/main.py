@@ -206,7 +206,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid_input(_request: Request, exc: InvalidInputError) -> JSONResponse:
         error = {"type": exc.error_type, "loc": list(exc.loc), "msg": str(exc)}
-        return JSONResponse(status_code=422, content={"detail": [error]})
+        return JSONResponse(status_code=exc.status_code, content={"detail": [error]})
 
     @app.exception_handler(InvalidBodyError)
     async def _invalid_body(_request: Request, exc: InvalidBodyError) -> JSONResponse:

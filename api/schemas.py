@@ -15,6 +15,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     NaiveDatetime,
     PlainSerializer,
@@ -24,6 +25,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -55,16 +57,54 @@ _THOUSANDTH = Decimal("0.001")
 # The data's timestamps are naive local (UK) time. OpenAPI's `date-time` format requires an offset, so
 # declaring it would make every answer invalid for a strict client: describe what is really exchanged.
 LOCAL_DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"
-#: What a request may send: the same, or a date alone ("2021-01-05"), which is that day's midnight.
-LOCAL_DATE_OR_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?$"
-_DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+# What a request may send, exactly: a real calendar date (leap years included, year 0001 on), then
+# optionally a time of day ("2021-01-05" alone is its midnight). Checked before parsing, so what the
+# schema says is what is accepted (a parser would also take "2021-1-5" or a Unix timestamp).
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+DATE_PATTERN_BODY = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_TIME = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+#: A calendar date, `YYYY-MM-DD`.
+DATE_PATTERN = rf"^{DATE_PATTERN_BODY}$"
+#: A request's timestamp: a date, optionally with a time of day.
+LOCAL_DATE_OR_TIME_PATTERN = rf"^{DATE_PATTERN_BODY}(?:{_TIME})?$"
+_DATE_OR_TIME = re.compile(LOCAL_DATE_OR_TIME_PATTERN)
+_DATE = re.compile(DATE_PATTERN)
 
 
 def _date_only_is_midnight(value: Any) -> Any:
-    """A date-only string ("2021-01-05") as that day's midnight; everything else is left to validation."""
-    if isinstance(value, str) and _DATE_ONLY.match(value):
-        return value + "T00:00:00"
+    """A request's timestamp: text matching `LOCAL_DATE_OR_TIME_PATTERN` exactly (a date alone is that
+    day's midnight); a datetime passes (a stored invoice being patched); anything else is refused."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _DATE_OR_TIME.fullmatch(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            'a timestamp is a date ("2021-01-05") or a local date and time ("2010-12-01T08:26:00")',
+        )
+    return value + "T00:00:00" if _DATE.fullmatch(value) else value
+
+
+def _iso_date(value: Any) -> Any:
+    """A date exactly as `YYYY-MM-DD` text (a parser would also take a Unix timestamp, "0")."""
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise PydanticCustomError("date_format", "a date is YYYY-MM-DD, a real calendar day")
     return value
+
+
+#: A date in a query: `YYYY-MM-DD` only.
+IsoDate = Annotated[
+    dt.date,
+    BeforeValidator(_iso_date),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
+]
 
 
 LocalDatetime = Annotated[
@@ -93,10 +133,30 @@ LocalDatetimeIn = Annotated[
 ]
 
 
+#: The integers an id may be sent as (kept as their decimal string): exact in a binary float too, so
+#: every JSON parser reads the bounds alike.
+ID_INTEGER_MAX = 10**15 - 1
+
+
 def _int_to_str(value: Any) -> Any:
-    """Accept integer ids (`17850`) as their decimal string; leave everything else to validation."""
+    """Accept integer ids (`17850`, or `17850.0`, which JSON Schema counts as an integer) as their decimal
+    string; leave everything else to validation."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= ID_INTEGER_MAX:
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > ID_INTEGER_MAX:
+            raise PydanticCustomError(
+                "id_integer_range", "an id sent as an integer has at most 15 digits; send longer ones as text"
+            )
         return str(value)
+    return value
+
+
+def _integer(value: Any) -> Any:
+    """An integer from JSON: an int, or a float without a fractional part (`256.0`, which JSON Schema
+    counts as an integer); text ("6"), booleans and fractions are refused, as the schema says."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= QUANTITY_MAX:
+        return int(value)
     return value
 
 
@@ -120,11 +180,7 @@ CustomerId = Annotated[
                     "pattern": CUSTOMER_ID_PATTERN,
                 },
                 # An integer is kept as its decimal string, which must fit the column.
-                {
-                    "type": "integer",
-                    "minimum": -(10 ** (models.CUSTOMER_ID_LENGTH - 1)) + 1,
-                    "maximum": 10**models.CUSTOMER_ID_LENGTH - 1,
-                },
+                {"type": "integer", "minimum": -ID_INTEGER_MAX, "maximum": ID_INTEGER_MAX},
             ],
             "examples": ["17850", "22ff32f22f"],
         }
@@ -143,7 +199,7 @@ InvoiceNo = Annotated[
                     "maxLength": models.INVOICE_NO_LENGTH,
                     "pattern": INVOICE_NO_PATTERN,
                 },
-                {"type": "integer", "minimum": 0, "maximum": 10**models.INVOICE_NO_LENGTH - 1},
+                {"type": "integer", "minimum": 0, "maximum": ID_INTEGER_MAX},
             ],
             "examples": ["536365", 123456],
         }
@@ -158,8 +214,22 @@ Country = Annotated[
 Description = Annotated[
     str, StringConstraints(max_length=models.DESCRIPTION_LENGTH, pattern=DESCRIPTION_PATTERN)
 ]
-Quantity = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-LineNo = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Quantities are integers of at most 15 digits: exact in a binary float too, so a JSON parser that
+#: reads numbers as doubles agrees on the bounds (the data's largest is 80,995).
+QUANTITY_MAX = 10**15 - 1
+# Strict: "6" or 6.5 are not quantities (lax mode would turn "6" into 6, which the schema does not say).
+Quantity = Annotated[
+    int,
+    BeforeValidator(_integer),
+    Field(strict=True, ge=-QUANTITY_MAX, le=QUANTITY_MAX),
+    WithJsonSchema({"type": "integer", "minimum": -QUANTITY_MAX, "maximum": QUANTITY_MAX}),
+]
+LineNo = Annotated[
+    int,
+    BeforeValidator(_integer),
+    Field(strict=True, ge=1, le=INT32_MAX),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": INT32_MAX}),
+]
 
 #: A price as text: up to 9 digits before the point and 3 after, no exponent, no spaces.
 PRICE_TEXT_PATTERN = r"^[+-]?[0-9]{1,9}(\.[0-9]{1,3})?$"
@@ -228,10 +298,21 @@ class CustomerCreate(BaseModel):
     country: Country
 
 
-class CustomerReplace(BaseModel):
-    """The body of PUT /customer/{customer_id}; `customer_id` may be left out, else it is the path's."""
+def _identifier_in_body(_value: Any) -> None:
+    raise PydanticCustomError("identifier_in_body", "the path names the resource: leave this field out")
 
-    customer_id: CustomerId | None = None
+
+#: A body member that names the resource: the path does, so a PUT or PATCH body must not carry it (422
+#: naming it when it does; the schema says `not: {required: [...]}`).
+PathIdentifier = Annotated[SkipJsonSchema[None], BeforeValidator(_identifier_in_body)]
+
+
+class CustomerReplace(BaseModel):
+    """The body of PUT /customer/{customer_id}: the customer's country (the path names the customer)."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["customer_id"]}})
+
+    customer_id: PathIdentifier = None
     country: Country
 
 
@@ -326,9 +407,20 @@ class InvoiceCreate(BaseModel):
     _lines = field_validator("lines")(_number_lines)
 
 
+#: Without a customer an invoice needs its own country: the schema says so (one of the two is there).
+COUNTRY_OR_CUSTOMER: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["country"], "properties": {"country": {"type": "string"}}},
+        {"required": ["customer_id"], "properties": {"customer_id": {"not": {"type": "null"}}}},
+    ]
+}
+
+
 class InvoiceWithCustomerCreate(InvoiceCreate):
     """An invoice for POST /invoice: the customer, if any, is in the body; without a customer the
     invoice needs its `country`."""
+
+    model_config = ConfigDict(json_schema_extra=COUNTRY_OR_CUSTOMER)
 
     customer_id: CustomerId | None = None
 
@@ -343,11 +435,13 @@ class BulkInvoiceCreate(InvoiceWithCustomerCreate):
 class InvoiceReplace(BaseModel):
     """The body of PUT /invoice/{invoice_no}: the whole invoice, its lines replacing the stored ones.
 
-    `invoice_no` may be left out; when given it must be the path's. A missing `customer_id` is an invoice
-    without a customer; a missing `country` is the customer's.
+    The path names the invoice (no `invoice_no` here). A missing `customer_id` is an invoice without a
+    customer; a missing `country` is the customer's.
     """
 
-    invoice_no: InvoiceNo | None = None
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["invoice_no"]}, **COUNTRY_OR_CUSTOMER})
+
+    invoice_no: PathIdentifier = None
     invoice_date: LocalDatetimeIn
     country: Country | None = Field(default=None, description="Missing: the customer's country")
     customer_id: CustomerId | None = None

@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from api import schemas
 from api.content_hash import LineTuple
 from api.core.db import begin_write
-from api.errors import InvalidBodyError, InvalidInputError
+from api.errors import InvalidBodyError
 from api.models import Customer, Invoice, InvoiceLine
 
 __all__ = ["LineTuple"]
@@ -206,10 +206,9 @@ def invoices_with_lines(session: Session, headers: Sequence[AnyRow]) -> list[dic
 
 
 def invoice_days(start: dt.date | None, end: dt.date | None) -> list[ColumnElement[bool]]:
-    """Conditions for an invoice day in [start, end]; an open end is unbounded."""
-    if start is not None and end is not None and start > end:
-        raise InvalidInputError(f"end {end} is before start {start}", loc=("query", "end"))
-    conditions = []
+    """Conditions for an invoice day in [start, end]; an open end is unbounded, and an end before the
+    start is an empty range."""
+    conditions: list[ColumnElement[bool]] = []
     if start is not None:
         conditions.append(Invoice.invoice_day >= start)
     if end is not None:

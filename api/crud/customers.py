@@ -15,7 +15,7 @@ from api import schemas
 from api.core import etag
 from api.core.merge_patch import apply_merge_patch
 from api.crud import common
-from api.errors import ConflictError, InvalidInputError, NotFoundError
+from api.errors import ConflictError, NotFoundError
 from api.events import outbox
 from api.models import Customer, Invoice
 
@@ -79,13 +79,8 @@ def replace_customer(
     if_none_match: str | None = None,
 ) -> tuple[bytes, bool]:
     """PUT: store the customer as given, creating it when missing; returns it as JSON and whether it was
-    created. `customer.customer_id`, when given, must be `customer_id`. A change emits
-    `customer.updated`, a creation `customer.created`; an identical PUT changes and emits nothing."""
-    if customer.customer_id is not None and customer.customer_id != customer_id:
-        raise InvalidInputError(
-            f"customer_id {customer.customer_id!r} is not the path's {customer_id!r}",
-            loc=("body", "customer_id"),
-        )
+    created. A change emits `customer.updated`, a creation `customer.created`; an identical PUT changes
+    and emits nothing."""
     with common.writing(session):
         stored = _stored(session, customer_id, for_update=True)
         _check_preconditions(stored, if_match=if_match, if_none_match=if_none_match)
@@ -107,20 +102,18 @@ def _update_country(session: Session, customer_id: str, country: str) -> None:
 def patch_customer(session: Session, *, customer_id: str, patch: Any, if_match: str | None = None) -> bytes:
     """PATCH: merge `patch` (RFC 7396) into the stored customer; returns it as JSON.
 
-    The result must be a valid customer with the same id (else InvalidBodyError naming the field);
-    a change emits `customer.updated`.
+    The patch applies to the customer's members other than its id, which the path names (a patch
+    setting `customer_id` is refused). The result must be a valid customer (else InvalidBodyError naming
+    the field); a change emits `customer.updated`.
     """
     with common.writing(session):
         stored = _stored(session, customer_id, for_update=True)
         if stored is None:
             raise NotFoundError(f"customer {customer_id} not found")
-        _check_preconditions(stored, if_match=if_match)
-        merged = apply_merge_patch({"customer_id": stored[0], "country": stored[1]}, patch)
+        merged = apply_merge_patch({"country": stored[1]}, patch)
+        # The body is checked first: a bad patch is 422 whatever its If-Match.
         customer = common.validate_body(schemas.CustomerReplace, merged)
-        if customer.customer_id != customer_id:
-            raise InvalidInputError(
-                "customer_id cannot be changed: it names the resource", loc=("body", "customer_id")
-            )
+        _check_preconditions(stored, if_match=if_match)
         if customer.country != stored[1]:
             _update_country(session, customer_id, customer.country)
     return customer_json(customer_id, customer.country)

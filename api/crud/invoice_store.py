@@ -35,7 +35,11 @@ def unknown_bulk_customer(index: int, customer_id: str) -> InvalidInputError:
 
 def unknown_customer(customer_id: str, *, loc: tuple[str | int, ...]) -> InvalidInputError:
     return InvalidInputError(
-        f"customer {customer_id} not found: create it first", loc=loc, error_type="unknown_customer"
+        f"customer {customer_id} not found: create it first",
+        loc=loc,
+        error_type="unknown_customer",
+        # A well-formed id the stored data lacks: a conflict with the current state, not a bad value.
+        status_code=409,
     )
 
 

@@ -141,7 +141,6 @@ def replace_invoice(
     The content hash is recomputed; a change emits `invoice.updated`, a creation `invoice.created`, an
     identical PUT changes and emits nothing.
     """
-    _check_path_number(invoice.invoice_no, invoice_no)
     with common.writing(session):
         header = _header(session, invoice_no, for_update=True)
         _require_precondition(session, header, if_match=if_match, if_none_match=if_none_match)
@@ -149,13 +148,6 @@ def replace_invoice(
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None
     return stored, created
-
-
-def _check_path_number(body_no: str | None, invoice_no: str) -> None:
-    if body_no is not None and body_no != invoice_no:
-        raise InvalidInputError(
-            f"invoice_no {body_no!r} is not the path's {invoice_no!r}", loc=("body", "invoice_no")
-        )
 
 
 def _replace_locked(
@@ -205,31 +197,35 @@ def _replace_locked(
     return header is None
 
 
-#: Members of an invoice's representation that are derived, not stored: a merge patch cannot set them.
-_DERIVED = ("invoice_day", "customer")
+#: Members of an invoice's representation a merge patch does not apply to: the number (the path names
+#: the invoice; a patch setting it is refused) and the derived `invoice_day` and `customer`.
+_NOT_PATCHED = ("invoice_no", "invoice_day", "customer")
 
 
 def patch_invoice(session: Session, *, invoice_no: str, patch: Any, if_match: str | None = None) -> bytes:
     """PATCH: merge `patch` (RFC 7396) into the stored invoice's representation and store the result as
     PUT would (`lines`, an array, is replaced whole); returns the invoice as JSON.
 
-    The result must be a valid invoice with the same number (InvalidBodyError / InvalidInputError naming
-    the field); `invoice_day` and `customer` follow `invoice_date` and `customer_id`.
+    The result must be a valid invoice (InvalidBodyError / InvalidInputError naming the field);
+    `invoice_day` and `customer` follow `invoice_date` and `customer_id`.
     """
     with common.writing(session):
         header = _header(session, invoice_no, for_update=True)
         if header is None:
             raise NotFoundError(f"invoice {invoice_no} not found")
-        _require_precondition(session, header, if_match=if_match)
         document = _invoice_document(session, header)
-        merged = apply_merge_patch(document, patch)
+        target = {name: value for name, value in document.items() if name not in _NOT_PATCHED}
+        merged = apply_merge_patch(target, patch)
         if isinstance(merged, dict):
-            merged = {name: value for name, value in merged.items() if name not in _DERIVED}
+            # Derived members sent along (a client patching what it read) are ignored; the number is not.
+            for name in ("invoice_day", "customer"):
+                merged.pop(name, None)
+            if merged.get("country") is None and merged.get("customer_id") is None:
+                # No customer to take the country from: the invoice keeps the country it has.
+                merged["country"] = header.country
+        # The body is checked first: a bad patch is 422 whatever its If-Match.
         invoice = common.validate_body(schemas.InvoiceReplace, merged)
-        if invoice.invoice_no != invoice_no:
-            raise InvalidInputError(
-                "invoice_no cannot be changed: it names the resource", loc=("body", "invoice_no")
-            )
+        _require_precondition(session, header, if_match=if_match)
         _replace_locked(session, invoice_no, header, invoice)
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -23,8 +22,10 @@ router = APIRouter(
     tags=["bulk"], dependencies=REQUIRE_API_KEY, route_class=OrjsonRoute, responses=DATA_ROUTE_ERRORS
 )
 
-StartQuery = Annotated[dt.date | None, Query(description="First invoice day, inclusive")]
-EndQuery = Annotated[dt.date | None, Query(description="Last invoice day, inclusive")]
+StartQuery = Annotated[schemas.IsoDate | None, Query(description="First invoice day, inclusive")]
+EndQuery = Annotated[
+    schemas.IsoDate | None, Query(description="Last invoice day, inclusive (before `start`: no day)")
+]
 LimitQuery = Annotated[int, Query(ge=1, le=5000, description="Items per page")]
 InvoiceCursorQuery = Annotated[
     str | None,

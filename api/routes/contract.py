@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
-from pydantic import WithJsonSchema
+from pydantic import BaseModel, WithJsonSchema
 
 from api.core.merge_patch import MERGE_PATCH
 
@@ -55,36 +55,44 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 #: What any data route may answer besides its own: authentication, rate limit, body size, database.
 DATA_ROUTE_ERRORS = errors(400, 401, 413, 429, 503)
 
-#: `*` or a list of entity tags (RFC 9110 §8.8.3: `"tag"` or `W/"tag"`), as `If-Match` and
-#: `If-None-Match` carry them; anything else is 422 naming the header.
-ENTITY_TAGS_PATTERN = r'^(\*|(W/)?"[!#-~]*"([ \t]*,[ \t]*(W/)?"[!#-~]*")*)$'
-_ENTITY_TAGS_SCHEMA = {"type": "string", "pattern": ENTITY_TAGS_PATTERN, "examples": ['"5e0bfc6042da8bc6"']}
+# `If-Match` / `If-None-Match` are read as RFC 9110 §8.8.3 lists (`*`, `"tag"`, `W/"tag"`); a value that
+# names no current tag, malformed ones included, simply does not match (412 for If-Match).
+_ENTITY_TAGS_SCHEMA = {"type": "string", "examples": ['"5e0bfc6042da8bc6ab34a7de73fe36e0"']}
 
 IfNoneMatch = Annotated[
     str | None,
-    Header(
-        pattern=ENTITY_TAGS_PATTERN,
-        description="An ETag (or `*`) from a previous GET: 304 when it is still current",
-    ),
+    Header(description="An ETag (or `*`) from a previous GET: 304 when it is still current"),
     # Documented without the null that `None` would add: the header is absent or a tag list.
     WithJsonSchema(_ENTITY_TAGS_SCHEMA),
 ]
 IfMatch = Annotated[
     str | None,
-    Header(
-        pattern=ENTITY_TAGS_PATTERN,
-        description="The ETag of the state the change is based on (or `*`): 412 when it is not current",
-    ),
+    Header(description="The ETag of the state the change is based on (or `*`): 412 when it is not current"),
     WithJsonSchema(_ENTITY_TAGS_SCHEMA),
 ]
 
-#: The request body of PATCH: a JSON merge patch (RFC 7396), as `application/merge-patch+json` or JSON.
-MERGE_PATCH_BODY = {"type": "object", "description": "JSON Merge Patch (RFC 7396)"}
+
+def merge_patch_schema(replace: type[BaseModel], *, nullable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The schema of a merge patch (RFC 7396) of a resource whose PUT body is `replace`: the same members,
+    none required; null (which removes a member) only where the result stays valid (`nullable`, and
+    members already optional)."""
+    schema = replace.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    schema.pop("required", None)
+    # What the whole resource must hold (a country or a customer) is checked on the patched result.
+    schema.pop("anyOf", None)
+    # The member naming the resource may only be null in a patch (removing what is not there).
+    for name in schema.pop("not", {}).get("required", []):
+        schema["properties"][name] = {"type": "null"}
+    for name in nullable:
+        schema["properties"][name] = {"anyOf": [schema["properties"][name], {"type": "null"}]}
+    schema["description"] = "JSON Merge Patch (RFC 7396) of the resource"
+    return schema
 
 
-def merge_patch_body(example: dict[str, Any]) -> dict[str, Any]:
+def merge_patch_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
     """`openapi_extra` documenting a merge-patch request body (both media types it is accepted as)."""
-    content = {"schema": MERGE_PATCH_BODY, "example": example}
+    content = {"schema": schema, "example": example}
     return {
         "requestBody": {
             "required": True,

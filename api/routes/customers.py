@@ -19,6 +19,7 @@ from api.routes.contract import (
     errors,
     get_with_head,
     merge_patch_body,
+    merge_patch_schema,
 )
 
 router = APIRouter(tags=["customers"], dependencies=REQUIRE_API_KEY, responses=DATA_ROUTE_ERRORS)
@@ -73,7 +74,7 @@ def replace_customer(
     "/customer/{customer_id}",
     response_model=schemas.CustomerPublic,
     responses=errors(404, 412),
-    openapi_extra=merge_patch_body({"country": "Germany"}),
+    openapi_extra=merge_patch_body(merge_patch_schema(schemas.CustomerReplace), {"country": "Germany"}),
 )
 def patch_customer(
     session: SessionDep,

@@ -18,6 +18,7 @@ from api.routes.contract import (
     errors,
     get_with_head,
     merge_patch_body,
+    merge_patch_schema,
 )
 
 router = APIRouter(tags=["invoices"], dependencies=REQUIRE_API_KEY, responses=DATA_ROUTE_ERRORS)
@@ -71,7 +72,9 @@ def replace_invoice(
     "/invoice/{invoice_no}",
     response_model=schemas.InvoicePublic,
     responses=errors(404, 409, 412),
-    openapi_extra=merge_patch_body({"country": "France"}),
+    openapi_extra=merge_patch_body(
+        merge_patch_schema(schemas.InvoiceReplace, nullable=("lines",)), {"country": "France"}
+    ),
 )
 def patch_invoice(
     session: SessionDep,

@@ -85,7 +85,7 @@ def test_a_change_changes_the_tag(client: TestClient, stored: None) -> None:
         ("PUT", "/customer/17850", {"country": "France"}),
         ("PATCH", "/customer/17850", {"country": "France"}),
         ("DELETE", "/customer/17850", None),
-        ("PUT", "/invoice/536365", invoice("536365", country="France")),
+        ("PUT", "/invoice/536365", {"invoice_date": "2010-12-01", "country": "France"}),
         ("PATCH", "/invoice/536365", {"country": "France"}),
         ("DELETE", "/invoice/536365", None),
         ("DELETE", "/invoice/536365/85123A/", None),

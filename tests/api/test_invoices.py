@@ -97,9 +97,9 @@ def test_post_invoice_with_customer_links_it(client: TestClient, customer: str) 
     assert client.get(f"/customer/{customer}/invoice").json() == {"id_536365": "/invoice/536365"}
 
 
-def test_post_invoice_with_unknown_customer_is_422_naming_the_field(client: TestClient) -> None:
+def test_post_invoice_with_unknown_customer_is_409_naming_the_field(client: TestClient) -> None:
     response = client.post("/invoice", json=invoice(customer_id="99999"))
-    assert response.status_code == 422
+    assert response.status_code == 409  # well formed, but not stored: a conflict with the state
     assert response.json()["detail"][0]["loc"] == ["body", "customer_id"]
 
 
@@ -327,7 +327,7 @@ def test_an_invoice_without_customer_or_country_is_422_naming_country(
     unknown = client.post(
         "/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05", "customer_id": "404"}
     )
-    assert unknown.status_code == 422
+    assert unknown.status_code == 409
     assert unknown.json()["detail"][0]["loc"] == ["body", "customer_id"]
     assert (
         client.post(

@@ -161,7 +161,8 @@ def test_bad_customers_cursor_is_422(client: TestClient, stored: None) -> None:
         ({"limit": "ten"}, "limit"),
         ({"start": "2010-13-01"}, "start"),
         ({"end": "tomorrow"}, "end"),
-        ({"start": "2010-12-02", "end": "2010-12-01"}, "end"),
+        ({"start": "0"}, "start"),  # a date is YYYY-MM-DD, not a Unix timestamp
+        ({"end": "2011-02-29"}, "end"),
     ],
 )
 def test_bad_paging_parameters_are_422(client: TestClient, params: dict[str, Any], field: str) -> None:
@@ -169,6 +170,13 @@ def test_bad_paging_parameters_are_422(client: TestClient, params: dict[str, Any
         response = client.get(path, params=params)
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_an_end_before_the_start_is_an_empty_range(client: TestClient, stored: None) -> None:
+    for path in ("/invoices", "/customers"):
+        response = client.get(path, params={"start": "2010-12-02", "end": "2010-12-01"})
+        assert response.status_code == 200
+        assert response.json() == {"items": [], "next_cursor": None}
 
 
 ARROW = "application/vnd.apache.arrow.stream"
