@@ -430,18 +430,12 @@ def read_invoices(body: bytes) -> invoice_store.InvoicesToStore:
         repeated = np.flatnonzero(
             (sorted_parents[1:] == sorted_parents[:-1]) & (sorted_nos[1:] == sorted_nos[:-1])
         )
-        for at in repeated[:MAX_ERRORS]:
-            invoice, line_no = int(sorted_parents[at + 1]), int(sorted_nos[at + 1])
-            found.add(
-                invoice,
-                -1,
-                5,
-                _error(
-                    ("invoices", invoice, "lines"),
-                    "line_no_duplicate",
-                    f"line_no {line_no} appears more than once",
-                    ctx={"line_no": line_no},
-                ),
+        if repeated.size:
+            # As the JSON path answers it: well-formed lines that collide, a 409 naming the first.
+            at = int(repeated.min())
+            invoice = int(sorted_parents[at + 1])
+            raise invoice_store.duplicate_line_no(
+                int(sorted_nos[at + 1]), ("body", "invoices", invoice, "lines")
             )
     if found.found:
         raise ArrowBodyError(found.sorted())

@@ -86,10 +86,32 @@ def line_tuples(lines: Sequence[schemas.LineCreate], invoice_date: dt.datetime) 
     ]
 
 
-def invoices_to_store(entries: Sequence[tuple[schemas.InvoiceCreate, str | None]]) -> InvoicesToStore:
-    """Validated JSON invoices (each with its customer id, and a country) as `InvoicesToStore`."""
+def duplicate_line_no(line_no: int, loc: tuple[str | int, ...]) -> InvalidInputError:
+    """The 409 for lines of one invoice that share `line_no` (as an invoice repeated in a request with
+    other content is): each part is valid, together they contradict each other."""
+    return InvalidInputError(
+        f"line_no {line_no} appears more than once", loc=loc, error_type="line_no_duplicate", status_code=409
+    )
+
+
+def check_line_numbers(lines: Sequence[common.LineTuple], loc: tuple[str | int, ...]) -> None:
+    """Raise `duplicate_line_no` for the first line number used twice in `lines`."""
+    seen: set[int] = set()
+    for line in lines:
+        if line[0] in seen:
+            raise duplicate_line_no(line[0], loc)
+        seen.add(line[0])
+
+
+def invoices_to_store(
+    entries: Sequence[tuple[schemas.InvoiceCreate, str | None]], *, single: bool = False
+) -> InvoicesToStore:
+    """Validated JSON invoices (each with its customer id, and a country) as `InvoicesToStore`; lines
+    sharing a number are a 409 (`single`: a body of one invoice, whose lines are `body.lines`)."""
     # Each invoice's lines as tuples once: they are hashed, then (when new) copied into the table.
     per_invoice = [line_tuples(invoice.lines, invoice.invoice_date) for invoice, _customer_id in entries]
+    for index, lines in enumerate(per_invoice):
+        check_line_numbers(lines, ("body", "lines") if single else ("body", "invoices", index, "lines"))
     invoices = []
     for (invoice, customer_id), lines in zip(entries, per_invoice, strict=True):
         if invoice.country is None:  # the callers fill it in from the customer first

@@ -120,7 +120,9 @@ def create_invoice(
         return unknown or invoice_store.unknown_customer(customer_id, loc=("body", "customer_id"))
 
     result = invoice_store.store_invoices(
-        session, invoice_store.invoices_to_store([(invoice, customer_id)]), unknown_customer=unknown_customer
+        session,
+        invoice_store.invoices_to_store([(invoice, customer_id)], single=True),
+        unknown_customer=unknown_customer,
     )
     stored = read_invoice_json(session, invoice_no=invoice.invoice_no)
     assert stored is not None  # just stored, or stored before
@@ -157,6 +159,7 @@ def _replace_locked(
     whether it was created."""
     country = _customer_country(session, invoice.customer_id, invoice.country, unknown=None)
     lines = invoice_store.line_tuples(invoice.lines, invoice.invoice_date)
+    invoice_store.check_line_numbers(lines, ("body", "lines"))
     values = {
         "customer_id": invoice.customer_id,
         "invoice_date": invoice.invoice_date,
