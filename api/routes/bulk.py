@@ -14,7 +14,7 @@ from api import arrow_pages, arrow_writes, models, schemas
 from api.core.fastjson import OrjsonRoute
 from api.crud import customers, invoice_pages, invoice_store
 from api.deps import REQUIRE_API_KEY, SessionDep
-from api.routes.contract import DATA_ROUTE_ERRORS
+from api.routes.contract import DATA_ROUTE_ERRORS, add_head_route
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +206,7 @@ def read_customers(
 ) -> schemas.CustomerPage:
     """Customers with an invoice in the days [start, end], ordered by customer_id."""
     return customers.read_customers_page(session, start=start, end=end, limit=limit, cursor=cursor)
+
+
+add_head_route(router, "/invoices", read_invoices)
+add_head_route(router, "/customers", read_customers)

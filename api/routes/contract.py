@@ -7,9 +7,11 @@ lists exactly what the service sends (schemathesis holds the two to each other: 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, WithJsonSchema
 
@@ -145,3 +147,29 @@ def get_with_head(
         return endpoint
 
     return register
+
+
+def add_head_route(router: APIRouter, path: str, endpoint: Callable[..., Any]) -> None:
+    """Answer HEAD `path` with what `endpoint` (the GET's) would send, without the body: its status and
+    headers, Content-Length included (for endpoints that do not build their answer with
+    `api.core.etag.json_response`)."""
+
+    @functools.wraps(endpoint)
+    def head(*args: Any, **kwargs: Any) -> Response:
+        answer = endpoint(*args, **kwargs)
+        if isinstance(answer, Response):
+            return Response(status_code=answer.status_code, headers=dict(answer.headers))
+        body = answer.model_dump_json().encode() if isinstance(answer, BaseModel) else orjson.dumps(answer)
+        return Response(headers={"Content-Length": str(len(body)), "Content-Type": "application/json"})
+
+    router.add_api_route(
+        path,
+        head,
+        methods=["HEAD"],
+        name=f"head_{endpoint.__name__}",
+        response_class=Response,
+        response_model=None,
+        summary=f"Headers of GET {path}",
+        description="The headers GET would send (Content-Length), without the body.",
+        responses={200: {"description": "The GET's headers"}},
+    )

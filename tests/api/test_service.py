@@ -42,6 +42,8 @@ DATA_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("HEAD", "/invoice/536365/85123A/", None),
     ("DELETE", "/invoice/536365/85123A/", None),
     ("HEAD", "/stockcode/85123A", None),
+    ("HEAD", "/invoices", None),
+    ("HEAD", "/customers", None),
 ]
 
 
