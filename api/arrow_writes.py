@@ -5,7 +5,7 @@ invoice, shaped like the read-back page (`api.arrow_pages.INVOICE_PAGE_SCHEMA`) 
 A JSON body of 50,000 lines becomes ~300,000 Python objects that pydantic checks one by one; here every
 check runs over whole columns (lengths, RE2 patterns, nulls, ranges, duplicate line numbers), and Python
 sees a row only to describe one that failed. The content hash is built as Arrow strings as well, so that
-the lines reach `crud.store_invoices` (and, on PostgreSQL, COPY) without a Python object per value.
+the lines reach `invoice_store.store_invoices` (and, on PostgreSQL, COPY) without a Python object per value.
 
 Errors are FastAPI-shaped and use the JSON body's locations: `["body", "invoices", i, "lines", j,
 "unit_price"]`; a schema problem names the column (`["body", "invoices", "lines", "unit_price"]`); a body
@@ -15,7 +15,6 @@ that is not an Arrow stream is `["body"]`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api import crud, models, schemas
+from api import content_hash, models, schemas
 from api.arrow_pages import ARROW_STREAM, LINE_STRUCT, PRICE, TIMESTAMP
+from api.crud import invoice_store
 
 #: The columns of an invoice row and of a line struct, in the contract's order.
 INVOICE_FIELDS = ("invoice_no", "invoice_date", "customer_id", "country", "lines")
@@ -34,8 +34,8 @@ LINE_FIELDS = ("line_no", "stock_code", "description", "quantity", "unit_price",
 #: Fields that may be null; all others are required.
 NULLABLE = {"customer_id", "description", "lines.invoice_date"}
 
-#: Lines as `crud.store_invoices` gets them: `invoice` is the position of the line's invoice in the body,
-#: then the read-back page's line fields and types (timestamps in microseconds).
+#: Lines as `invoice_store.store_invoices` gets them: `invoice` is the position of the line's invoice in
+#: the body, then the read-back page's line fields and types (timestamps in microseconds).
 STORED_LINE_SCHEMA = pa.schema([pa.field("invoice", pa.int64(), nullable=False), *LINE_STRUCT])
 
 #: The first and last instants a Python datetime (and the JSON path) can carry, in microseconds.
@@ -349,8 +349,8 @@ def _check_required(column: _Column, errors: _Errors, error_type: str, msg: str)
 # --- the body ------------------------------------------------------------------------------------
 
 
-def read_invoices(body: bytes) -> crud.InvoicesToStore:
-    """The invoices of an Arrow body, validated and hashed, ready for `crud.store_invoices`.
+def read_invoices(body: bytes) -> invoice_store.InvoicesToStore:
+    """The invoices of an Arrow body, validated and hashed, ready for `invoice_store.store_invoices`.
 
     Raises ArrowBodyError, listing what is wrong with FastAPI-style locations.
     """
@@ -430,18 +430,12 @@ def read_invoices(body: bytes) -> crud.InvoicesToStore:
         repeated = np.flatnonzero(
             (sorted_parents[1:] == sorted_parents[:-1]) & (sorted_nos[1:] == sorted_nos[:-1])
         )
-        for at in repeated[:MAX_ERRORS]:
-            invoice, line_no = int(sorted_parents[at + 1]), int(sorted_nos[at + 1])
-            found.add(
-                invoice,
-                -1,
-                5,
-                _error(
-                    ("invoices", invoice, "lines"),
-                    "line_no_duplicate",
-                    f"line_no {line_no} appears more than once",
-                    ctx={"line_no": line_no},
-                ),
+        if repeated.size:
+            # As the JSON path answers it: well-formed lines that collide, a 409 naming the first.
+            at = int(repeated.min())
+            invoice = int(sorted_parents[at + 1])
+            raise invoice_store.duplicate_line_no(
+                int(sorted_nos[at + 1]), ("body", "invoices", invoice, "lines")
             )
     if found.found:
         raise ArrowBodyError(found.sorted())
@@ -503,7 +497,23 @@ def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found:
         le=schemas.INT32_MAX,
     )
     _check_strings(lines, _LINE_STRINGS, found)
-    _check_required(lines["quantity"], found, "int_type", "Input should be a valid integer")
+    quantity = lines["quantity"]
+    _check_required(quantity, found, "int_type", "Input should be a valid integer")
+    # The JSON body's bounds (schemas.QUANTITY_MAX), so both bodies accept the same quantities.
+    quantity.report(
+        found,
+        pc.greater(quantity.values, schemas.QUANTITY_MAX),
+        "less_than_equal",
+        f"Input should be less than or equal to {schemas.QUANTITY_MAX}",
+        le=schemas.QUANTITY_MAX,
+    )
+    quantity.report(
+        found,
+        pc.less(quantity.values, -schemas.QUANTITY_MAX),
+        "greater_than_equal",
+        f"Input should be greater than or equal to {-schemas.QUANTITY_MAX}",
+        ge=-schemas.QUANTITY_MAX,
+    )
     price = lines["unit_price"]
     _check_required(
         price, found, "decimal_type", "Decimal input should be an integer, float, string or Decimal object"
@@ -524,9 +534,9 @@ def _check_values(columns: dict[str, _Column], lines: dict[str, _Column], found:
 
 def _to_store(
     header: dict[str, pa.Array], line_values: dict[str, pa.Array], parents: np.ndarray, lengths: np.ndarray
-) -> crud.InvoicesToStore:
-    """Valid columns as `crud.InvoicesToStore`: per invoice the header, hash, line count and amount; the
-    lines as one flat table."""
+) -> invoice_store.InvoicesToStore:
+    """Valid columns as `invoice_store.InvoicesToStore`: per invoice the header, hash, line count and
+    amount; the lines as one flat table."""
     invoice_no, invoice_date = header["invoice_no"], header["invoice_date"]
     customer_id, country = header["customer_id"], header["country"]
     parent = pa.array(parents, pa.int64())
@@ -548,7 +558,7 @@ def _to_store(
     hashes = content_hashes(invoice_no, customer_id, invoice_date, country, lines)
     amounts = _amounts(lines, len(invoice_no))
     invoices = [
-        crud.InvoiceToStore(no, customer, date, place, hashed, int(count), amount)
+        invoice_store.InvoiceToStore(no, customer, date, place, hashed, int(count), amount)
         for no, customer, date, place, hashed, count, amount in zip(
             invoice_no.to_pylist(),
             customer_id.to_pylist(),
@@ -560,7 +570,7 @@ def _to_store(
             strict=True,
         )
     ]
-    return crud.InvoicesToStore(invoices=invoices, lines=lines)
+    return invoice_store.InvoicesToStore(invoices=invoices, lines=lines)
 
 
 def _amounts(lines: pa.Table, count: int) -> list[Decimal]:
@@ -582,100 +592,25 @@ def _amounts(lines: pa.Table, count: int) -> list[Decimal]:
     return amounts
 
 
-def _json_text(values: pa.Array) -> pa.Array:
-    """Strings as JSON string literals (quoted, `\\` and `"` escaped); null stays null."""
-    escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise('"', escaped, '"', "")
-
-
-def _iso_texts(values: pa.Array) -> pa.Array:
-    """Timestamps as `datetime.isoformat()` writes them, computed once per distinct value."""
-    distinct = pc.unique(values)
-    texts = pa.array([value.isoformat() for value in distinct.to_pylist()], pa.string())
-    return texts.take(pc.index_in(values, value_set=distinct))
-
-
 def content_hashes(
     invoice_no: pa.Array, customer_id: pa.Array, invoice_date: pa.Array, country: pa.Array, lines: pa.Table
 ) -> list[str]:
-    """`crud.content_hash` of every invoice, the canonical JSON built as Arrow strings.
+    """The content hash (`api.content_hash`) of every invoice; `lines` is a `STORED_LINE_SCHEMA` table.
 
-    Each line becomes `[line_no,"stock_code",description,quantity,"price","timestamp"]` by element-wise
-    joins; the lines of an invoice are joined in `line_no` order through a list array; Python only runs
-    sha256 per invoice. An invoice whose description holds a control character (which JSON escapes as
-    `\\n`, `\\u0001`, ...) is hashed by `crud.content_hash` itself.
+    The lines are nested per invoice in `line_no` order as the one definition wants them; they are
+    sorted only when a client sent them out of order (the job never does).
     """
     count = len(invoice_no)
     ordered = lines.combine_chunks()
     invoice_of, line_nos = ordered.column("invoice").to_numpy(), ordered.column("line_no").to_numpy()
     step, line_step = np.diff(invoice_of), np.diff(line_nos)
     if not np.all((step > 0) | ((step == 0) & (line_step > 0))):
-        # Sorted only when a client sent lines out of `line_no` order (the job never does).
         ordered = ordered.sort_by([("invoice", "ascending"), ("line_no", "ascending")]).combine_chunks()
-
-    def column(name: str) -> pa.Array:
-        return ordered.column(name).combine_chunks()
-
-    description = column("description")
-    line_texts = pc.binary_join_element_wise(
-        "[",
-        column("line_no").cast(pa.string()),
-        ",",
-        _json_text(column("stock_code")),
-        ",",
-        pc.fill_null(_json_text(description), "null"),
-        ",",
-        column("quantity").cast(pa.string()),
-        ',"',
-        column("unit_price").cast(pa.string()),
-        '","',
-        _iso_texts(column("invoice_date")),
-        '"]',
-        "",
-    )
-    lengths = np.bincount(column("invoice").to_numpy(), minlength=count)
+    lengths = np.bincount(ordered.column("invoice").to_numpy(), minlength=count)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, line_texts), ",")
-    texts = pc.binary_join_element_wise(
-        '["',
-        invoice_no,
-        '",',
-        pc.fill_null(_json_text(customer_id), "null"),
-        ',"',
-        _iso_texts(invoice_date),
-        '",',
-        _json_text(country),
-        ",[",
-        joined,
-        "]]",
-        "",
-    ).cast(pa.string())
-    # sha256 over each string's bytes, sliced from the array's buffers without making Python strings.
-    _validity, value_offsets, data = texts.buffers()
-    bounds = np.frombuffer(value_offsets, dtype=np.int32)[texts.offset : texts.offset + count + 1]
-    view = memoryview(data)
-    hashes = [hashlib.sha256(view[bounds[i] : bounds[i + 1]]).hexdigest() for i in range(count)]
-
-    controls = pc.match_substring_regex(description, r"[\x01-\x1f]")
-    if pc.any(controls).as_py():
-        special = pc.unique(column("invoice").filter(controls)).to_pylist()
-        for invoice in special:
-            rows = ordered.filter(pc.equal(ordered.column("invoice"), invoice)).to_pylist()
-            hashes[invoice] = crud.content_hash(
-                invoice_no=invoice_no[invoice].as_py(),
-                customer_id=customer_id[invoice].as_py(),
-                invoice_date=invoice_date[invoice].as_py(),
-                country=country[invoice].as_py(),
-                lines=[
-                    (
-                        r["line_no"],
-                        r["stock_code"],
-                        r["description"],
-                        r["quantity"],
-                        r["unit_price"],
-                        r["invoice_date"],
-                    )
-                    for r in rows
-                ],
-            )
-    return hashes
+    struct = pa.StructArray.from_arrays(
+        [ordered.column(name).combine_chunks() for name in content_hash.LINE_FIELDS],
+        names=list(content_hash.LINE_FIELDS),
+    )
+    nested = pa.ListArray.from_arrays(offsets, struct)
+    return content_hash.content_hashes(invoice_no, customer_id, invoice_date, country, nested)

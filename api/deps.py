@@ -47,6 +47,7 @@ CustomerIdPath = Annotated[
         min_length=1,
         max_length=models.CUSTOMER_ID_LENGTH,
         pattern=schemas.CUSTOMER_ID_PATTERN,
+        description="Any text without `/` or control characters, URL-encoded (`22ff32f22f`, `17850`)",
         examples=["17850"],
     ),
 ]

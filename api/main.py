@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import arrow_pages
@@ -22,7 +24,13 @@ from api.auth.deps import Authenticator, RateLimitExceeded
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
-from api.errors import ConflictError, InvalidInputError, NotFoundError
+from api.errors import (
+    ConflictError,
+    InvalidBodyError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailedError,
+)
 from api.events import relay
 from api.observability.logging import configure_logging
 from api.observability.metrics import Metrics, metrics_endpoint
@@ -167,8 +175,31 @@ def _validation_errors(errors: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
+#: The order `Allow` lists methods in.
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(routes: Any, path: str) -> list[str]:
+    """Every method some route answers at `path`: a path's methods are spread over several routes."""
+    methods: set[str] = set()
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and getattr(route, "methods", None) and regex.match(path):
+            methods.update(route.methods)
+    return sorted(methods, key=lambda method: (*_METHOD_ORDER, method).index(method))
+
+
 def _add_exception_handlers(app: FastAPI) -> None:
     """One response shape per error; bodies never carry tracebacks or SQL."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names only the methods of the first route matching the path (RFC 9110 §15.5.6
+            # wants all of them).
+            allowed = _allowed_methods(request.app.router.routes, request.scope["path"])
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,7 +208,15 @@ def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid_input(_request: Request, exc: InvalidInputError) -> JSONResponse:
         error = {"type": exc.error_type, "loc": list(exc.loc), "msg": str(exc)}
-        return JSONResponse(status_code=422, content={"detail": [error]})
+        return JSONResponse(status_code=exc.status_code, content={"detail": [error]})
+
+    @app.exception_handler(InvalidBodyError)
+    async def _invalid_body(_request: Request, exc: InvalidBodyError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_errors(exc.errors)})
+
+    @app.exception_handler(PreconditionFailedError)
+    async def _precondition_failed(_request: Request, exc: PreconditionFailedError) -> JSONResponse:
+        return JSONResponse(status_code=412, content={"detail": str(exc)})
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -188,6 +227,8 @@ def _add_exception_handlers(app: FastAPI) -> None:
         content: dict[str, Any] = {"detail": str(exc)}
         if exc.invoice_nos:
             content["invoice_nos"] = exc.invoice_nos
+        if exc.invoice_count is not None:
+            content["invoice_count"] = exc.invoice_count
         return JSONResponse(status_code=409, content=content)
 
     @app.exception_handler(RateLimitExceeded)

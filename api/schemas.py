@@ -6,6 +6,8 @@ Field limits match the database columns (`api.models`), so anything that validat
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from decimal import Decimal
 from typing import Annotated, Any, NotRequired
 
@@ -13,6 +15,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     NaiveDatetime,
     PlainSerializer,
@@ -22,10 +25,12 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from api import models
+from api.content_hash import money_text
 
 MAX_BULK_CUSTOMERS = 10_000
 MAX_BULK_INVOICES = 5_000
@@ -36,18 +41,72 @@ INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Patterns shared with the path parameters (api.deps). Identifiers that travel in URL paths exclude "/"
-# and control characters; PostgreSQL cannot store NUL in text at all.
-CUSTOMER_ID_PATTERN = r"^[0-9]+$"
+# and control characters; PostgreSQL cannot store NUL in text at all. A customer id is any such string
+# (the course's model is `customer_id: str`: "22ff32f22f"); the data set's are digits ("17850").
+CUSTOMER_ID_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 INVOICE_NO_PATTERN = r"^[A-Za-z0-9]+$"
 STOCK_CODE_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
 COUNTRY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 DESCRIPTION_PATTERN = r"^[^\x00]*$"
+
+#: A read-back cursor: `<invoice_day>_<invoice_no>` of the last invoice of the previous page.
+INVOICE_CURSOR_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])_[A-Za-z0-9]{1,20}$"
 
 _THOUSANDTH = Decimal("0.001")
 
 # The data's timestamps are naive local (UK) time. OpenAPI's `date-time` format requires an offset, so
 # declaring it would make every answer invalid for a strict client: describe what is really exchanged.
 LOCAL_DATE_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?$"
+# What a request may send, exactly: a real calendar date (leap years included, year 0001 on), then
+# optionally a time of day ("2021-01-05" alone is its midnight). Checked before parsing, so what the
+# schema says is what is accepted (a parser would also take "2021-1-5" or a Unix timestamp).
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+DATE_PATTERN_BODY = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_TIME = r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+#: A calendar date, `YYYY-MM-DD`.
+DATE_PATTERN = rf"^{DATE_PATTERN_BODY}$"
+#: A request's timestamp: a date, optionally with a time of day.
+LOCAL_DATE_OR_TIME_PATTERN = rf"^{DATE_PATTERN_BODY}(?:{_TIME})?$"
+_DATE_OR_TIME = re.compile(LOCAL_DATE_OR_TIME_PATTERN)
+_DATE = re.compile(DATE_PATTERN)
+
+
+def _date_only_is_midnight(value: Any) -> Any:
+    """A request's timestamp: text matching `LOCAL_DATE_OR_TIME_PATTERN` exactly (a date alone is that
+    day's midnight); a datetime passes (a stored invoice being patched); anything else is refused."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _DATE_OR_TIME.fullmatch(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            'a timestamp is a date ("2021-01-05") or a local date and time ("2010-12-01T08:26:00")',
+        )
+    return value + "T00:00:00" if _DATE.fullmatch(value) else value
+
+
+def _iso_date(value: Any) -> Any:
+    """A date exactly as `YYYY-MM-DD` text (a parser would also take a Unix timestamp, "0")."""
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise PydanticCustomError("date_format", "a date is YYYY-MM-DD, a real calendar day")
+    return value
+
+
+#: A date in a query: `YYYY-MM-DD` only.
+IsoDate = Annotated[
+    dt.date,
+    BeforeValidator(_iso_date),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
+]
+
+
 LocalDatetime = Annotated[
     NaiveDatetime,
     WithJsonSchema(
@@ -59,12 +118,45 @@ LocalDatetime = Annotated[
         }
     ),
 ]
+#: A request's timestamp: a `LocalDatetime`, or a date alone for its midnight.
+LocalDatetimeIn = Annotated[
+    NaiveDatetime,
+    BeforeValidator(_date_only_is_midnight),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": LOCAL_DATE_OR_TIME_PATTERN,
+            "description": "Local (UK) time without an offset, or a date alone (its midnight)",
+            "examples": ["2010-12-01T08:26:00", "2021-01-05"],
+        }
+    ),
+]
+
+
+#: The integers an id may be sent as (kept as their decimal string): exact in a binary float too, so
+#: every JSON parser reads the bounds alike.
+ID_INTEGER_MAX = 10**15 - 1
 
 
 def _int_to_str(value: Any) -> Any:
-    """Accept integer ids (`17850`) as their decimal string; leave everything else to validation."""
+    """Accept integer ids (`17850`, or `17850.0`, which JSON Schema counts as an integer) as their decimal
+    string; leave everything else to validation."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= ID_INTEGER_MAX:
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > ID_INTEGER_MAX:
+            raise PydanticCustomError(
+                "id_integer_range", "an id sent as an integer has at most 15 digits; send longer ones as text"
+            )
         return str(value)
+    return value
+
+
+def _integer(value: Any) -> Any:
+    """An integer from JSON: an int, or a float without a fractional part (`256.0`, which JSON Schema
+    counts as an integer); text ("6"), booleans and fractions are refused, as the schema says."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= QUANTITY_MAX:
+        return int(value)
     return value
 
 
@@ -74,20 +166,44 @@ def _three_places(value: Decimal) -> Decimal:
     return value if value else Decimal("0.000")
 
 
-def money_text(value: Decimal) -> str:
-    """The one spelling of an amount: three decimals, no exponent ("2.550")."""
-    return format(value.quantize(_THOUSANDTH), "f")
-
-
 CustomerId = Annotated[
     str,
     BeforeValidator(_int_to_str),
     StringConstraints(min_length=1, max_length=models.CUSTOMER_ID_LENGTH, pattern=CUSTOMER_ID_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": models.CUSTOMER_ID_LENGTH,
+                    "pattern": CUSTOMER_ID_PATTERN,
+                },
+                # An integer is kept as its decimal string, which must fit the column.
+                {"type": "integer", "minimum": -ID_INTEGER_MAX, "maximum": ID_INTEGER_MAX},
+            ],
+            "examples": ["17850", "22ff32f22f"],
+        }
+    ),
 ]
 InvoiceNo = Annotated[
     str,
     BeforeValidator(_int_to_str),
     StringConstraints(min_length=1, max_length=models.INVOICE_NO_LENGTH, pattern=INVOICE_NO_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": models.INVOICE_NO_LENGTH,
+                    "pattern": INVOICE_NO_PATTERN,
+                },
+                {"type": "integer", "minimum": 0, "maximum": ID_INTEGER_MAX},
+            ],
+            "examples": ["536365", 123456],
+        }
+    ),
 ]
 StockCode = Annotated[
     str, StringConstraints(min_length=1, max_length=models.STOCK_CODE_LENGTH, pattern=STOCK_CODE_PATTERN)
@@ -98,13 +214,75 @@ Country = Annotated[
 Description = Annotated[
     str, StringConstraints(max_length=models.DESCRIPTION_LENGTH, pattern=DESCRIPTION_PATTERN)
 ]
-Quantity = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-LineNo = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Quantities are integers of at most 15 digits: exact in a binary float too, so a JSON parser that
+#: reads numbers as doubles agrees on the bounds (the data's largest is 80,995).
+QUANTITY_MAX = 10**15 - 1
+# Strict: "6" or 6.5 are not quantities (lax mode would turn "6" into 6, which the schema does not say).
+Quantity = Annotated[
+    int,
+    BeforeValidator(_integer),
+    Field(strict=True, ge=-QUANTITY_MAX, le=QUANTITY_MAX),
+    WithJsonSchema({"type": "integer", "minimum": -QUANTITY_MAX, "maximum": QUANTITY_MAX}),
+]
+LineNo = Annotated[
+    int,
+    BeforeValidator(_integer),
+    Field(strict=True, ge=1, le=INT32_MAX),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": INT32_MAX}),
+]
+
+#: A price as text: up to 9 digits before the point and 3 after, no exponent, no spaces.
+PRICE_TEXT_PATTERN = r"^[+-]?[0-9]{1,9}(\.[0-9]{1,3})?$"
+_PRICE_TEXT = re.compile(PRICE_TEXT_PATTERN)
+_MAX_PRICE = Decimal(10 ** (models.PRICE_PRECISION - models.PRICE_SCALE)) - _THOUSANDTH
+
+
+def _price_in(value: Any) -> Any:
+    """A price from JSON: text matching `PRICE_TEXT_PATTERN` exactly, or a number.
+
+    A JSON number reaches us as a binary float: one within a few ulps of a three-decimal amount is that
+    amount (`2.55`, or `2549 * 0.001` computed by a client), any other is refused, never rounded.
+    """
+    if isinstance(value, str):
+        if not _PRICE_TEXT.fullmatch(value):
+            raise PydanticCustomError(
+                "price_format",
+                'a price is text of up to 9 digits and 3 decimals ("2.55", "-0.5") or a JSON number',
+            )
+        return Decimal(value)
+    if isinstance(value, float) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > float(_MAX_PRICE):
+            raise PydanticCustomError("price_range", "a price is between -999999999.999 and 999999999.999")
+        amount = Decimal(repr(value)).quantize(_THOUSANDTH)
+        if abs(float(amount) - value) > 4 * math.ulp(value):
+            raise PydanticCustomError(
+                "decimal_max_places", "Decimal input should have no more than 3 decimal places"
+            )
+        return amount
+    return value
+
+
 #: Exact money in: a JSON string ("2.55") or number, at most 3 decimals and 12 digits.
 UnitPrice = Annotated[
     Decimal,
+    BeforeValidator(_price_in),
     Field(max_digits=models.PRICE_PRECISION, decimal_places=models.PRICE_SCALE),
     AfterValidator(_three_places),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": PRICE_TEXT_PATTERN},
+                {
+                    "type": "number",
+                    "minimum": -float(_MAX_PRICE),
+                    "maximum": float(_MAX_PRICE),
+                    "multipleOf": 0.001,
+                },
+            ],
+            "description": 'Exact: text ("2.55") or a number, at most 9 digits and 3 decimals',
+            "examples": ["2.55"],
+        }
+    ),
 ]
 #: Exact money out: always a JSON string with three decimals ("2.550").
 Money = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
@@ -117,6 +295,24 @@ class CustomerCreate(BaseModel):
     """A customer to create; an integer id is accepted and kept as its decimal string."""
 
     customer_id: CustomerId
+    country: Country
+
+
+def _identifier_in_body(_value: Any) -> None:
+    raise PydanticCustomError("identifier_in_body", "the path names the resource: leave this field out")
+
+
+#: A body member that names the resource: the path does, so a PUT or PATCH body must not carry it (422
+#: naming it when it does; the schema says `not: {required: [...]}`).
+PathIdentifier = Annotated[SkipJsonSchema[None], BeforeValidator(_identifier_in_body)]
+
+
+class CustomerReplace(BaseModel):
+    """The body of PUT /customer/{customer_id}: the customer's country (the path names the customer)."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["customer_id"]}})
+
+    customer_id: PathIdentifier = None
     country: Country
 
 
@@ -143,7 +339,7 @@ class LineFields(BaseModel):
     description: Description | None = None
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: LocalDatetime | None = None
+    invoice_date: LocalDatetimeIn | None = None
 
 
 # Lines inside invoices are TypedDicts, not models: a bulk request carries up to 50,000 of them and
@@ -161,7 +357,7 @@ class LineCreate(TypedDict):
     description: NotRequired[Description | None]
     quantity: Quantity
     unit_price: UnitPrice
-    invoice_date: NotRequired[LocalDatetime | None]
+    invoice_date: NotRequired[LocalDatetimeIn | None]
 
 
 class LinePublic(TypedDict):
@@ -178,41 +374,75 @@ class LinePublic(TypedDict):
 # --- invoices -------------------------------------------------------------------------------------
 
 
+def _number_lines(lines: list[LineCreate], info: ValidationInfo) -> list[LineCreate]:
+    """Fill in missing line numbers and timestamps. A line number used twice is not a schema error (no
+    JSON Schema can say it) but a conflict the write refuses (`invoice_store.duplicate_line_no`)."""
+    invoice_date = info.data.get("invoice_date")
+    next_no = 1
+    for line in lines:
+        line_no = line.get("line_no")
+        if line_no is None:
+            line_no = line["line_no"] = next_no
+        next_no = max(next_no, line_no + 1)
+        if line.get("invoice_date") is None:
+            line["invoice_date"] = invoice_date
+        line.setdefault("description", None)
+    return lines
+
+
 class InvoiceCreate(BaseModel):
-    """An invoice for POST /customer/{customer_id}/invoice; lines are optional."""
+    """An invoice for POST /customer/{customer_id}/invoice; lines are optional, and so is `country`
+    (the customer's). An integer `invoice_no` is kept as its decimal string."""
 
     invoice_no: InvoiceNo
-    invoice_date: LocalDatetime
-    country: Country
+    invoice_date: LocalDatetimeIn
+    country: Country | None = Field(default=None, description="Missing: the customer's country")
     lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
 
-    @field_validator("lines")
-    @classmethod
-    def _number_lines(cls, lines: list[LineCreate], info: ValidationInfo) -> list[LineCreate]:
-        """Fill in missing line numbers and timestamps; refuse a line number used twice."""
-        invoice_date = info.data.get("invoice_date")
-        seen: set[int] = set()
-        next_no = 1
-        for line in lines:
-            line_no = line.get("line_no")
-            if line_no is None:
-                line_no = line["line_no"] = next_no
-            if line_no in seen:
-                raise PydanticCustomError(
-                    "line_no_duplicate", "line_no {line_no} appears more than once", {"line_no": line_no}
-                )
-            seen.add(line_no)
-            next_no = max(next_no, line_no + 1)
-            if line.get("invoice_date") is None:
-                line["invoice_date"] = invoice_date
-            line.setdefault("description", None)
-        return lines
+    _lines = field_validator("lines")(_number_lines)
+
+
+#: Without a customer an invoice needs its own country: the schema says so (one of the two is there).
+COUNTRY_OR_CUSTOMER: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["country"], "properties": {"country": {"type": "string"}}},
+        {"required": ["customer_id"], "properties": {"customer_id": {"not": {"type": "null"}}}},
+    ]
+}
 
 
 class InvoiceWithCustomerCreate(InvoiceCreate):
-    """An invoice for POST /invoice and the bulk path: the customer, if any, is in the body."""
+    """An invoice for POST /invoice: the customer, if any, is in the body; without a customer the
+    invoice needs its `country`."""
+
+    model_config = ConfigDict(json_schema_extra=COUNTRY_OR_CUSTOMER)
 
     customer_id: CustomerId | None = None
+
+
+class BulkInvoiceCreate(InvoiceWithCustomerCreate):
+    """An invoice of a bulk write: `country` is required (a batch's hashes are computed before any
+    customer is read)."""
+
+    country: Country
+
+
+class InvoiceReplace(BaseModel):
+    """The body of PUT /invoice/{invoice_no}: the whole invoice, its lines replacing the stored ones.
+
+    The path names the invoice (no `invoice_no` here). A missing `customer_id` is an invoice without a
+    customer; a missing `country` is the customer's.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["invoice_no"]}, **COUNTRY_OR_CUSTOMER})
+
+    invoice_no: PathIdentifier = None
+    invoice_date: LocalDatetimeIn
+    country: Country | None = Field(default=None, description="Missing: the customer's country")
+    customer_id: CustomerId | None = None
+    lines: list[LineCreate] = Field(default_factory=list, max_length=MAX_INVOICE_LINES)
+
+    _lines = field_validator("lines")(_number_lines)
 
 
 class InvoicePublic(BaseModel):
@@ -261,11 +491,11 @@ class BulkCustomersResult(BaseModel):
 class BulkInvoicesCreate(BaseModel):
     """Many invoices with their lines, written in one transaction."""
 
-    invoices: list[InvoiceWithCustomerCreate] = Field(max_length=MAX_BULK_INVOICES)
+    invoices: list[BulkInvoiceCreate] = Field(max_length=MAX_BULK_INVOICES)
 
     @field_validator("invoices")
     @classmethod
-    def _limit_lines(cls, invoices: list[InvoiceWithCustomerCreate]) -> list[InvoiceWithCustomerCreate]:
+    def _limit_lines(cls, invoices: list[BulkInvoiceCreate]) -> list[BulkInvoiceCreate]:
         """At most 50,000 lines per request, so one transaction stays short."""
         total = sum(len(invoice.lines) for invoice in invoices)
         if total > MAX_BULK_LINES:
@@ -295,7 +525,17 @@ ContentHash = Annotated[str, StringConstraints(min_length=64, max_length=64, pat
 class InvoiceHashes(BaseModel):
     """Invoice numbers with the content hash the client computed for each."""
 
-    invoices: dict[InvoiceNo, ContentHash] = Field(max_length=MAX_BULK_LINES)
+    invoices: dict[InvoiceNo, ContentHash] = Field(
+        max_length=MAX_BULK_LINES,
+        json_schema_extra={
+            "propertyNames": {
+                "minLength": 1,
+                "maxLength": models.INVOICE_NO_LENGTH,
+                "pattern": INVOICE_NO_PATTERN,
+            },
+            "maxProperties": MAX_BULK_LINES,
+        },
+    )
 
 
 class InvoiceHashComparison(BaseModel):

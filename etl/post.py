@@ -9,18 +9,16 @@ when it is about to be sent, so at most `concurrency` bodies exist at once.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from api.content_hash import content_hashes as canonical_content_hashes
 from etl.client import (
     MAX_CUSTOMERS_PER_REQUEST,
     MAX_INVOICES_PER_REQUEST,
@@ -31,9 +29,6 @@ from etl.client import (
 )
 from etl.errors import ServiceError
 from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
-
-#: How the service reads a naive timestamp (docs/design.md: naive local time, ISO form, no zone).
-ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 
 #: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
 #: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
@@ -294,113 +289,15 @@ def invoice_table(ordered: pa.Table) -> pa.Table:
 
 
 def content_hashes(invoices: pa.Table) -> list[str]:
-    """The service's content hash of each row of an `invoice_table` (docs/design.md, "Content hash").
-
-    The sha256 of the compact JSON of `[invoice_no, customer_id, invoice_date, country, [[line_no,
-    stock_code, description, quantity, unit_price, invoice_date], ...]]`, as orjson (and `json.dumps(...,
-    ensure_ascii=False, separators=(",", ":"))`) writes it: prices with three decimals, timestamps as
-    `YYYY-MM-DDTHH:MM:SS`, null as `null`, lines in the order they are nested (`invoice_table` nests them
-    in `line_no` order). The JSON text is assembled column by column with Arrow string functions; only
-    strings holding a character JSON escapes are encoded one by one, by orjson.
-    """
-    nested = invoices["lines"].combine_chunks()
-    flat = nested.flatten()  # the lines of every invoice in turn (honours a sliced or filtered list)
-    line_texts = _json_arrays(
-        [
-            (pc.cast(flat.field("line_no"), pa.string()), _NUMBER),
-            (_json_string_contents(flat.field("stock_code")), _STRING),
-            (_json_string_contents(flat.field("description")), _STRING),
-            (pc.cast(flat.field("quantity"), pa.string()), _NUMBER),
-            # decimal128(12, 3) as text always has its three decimals ("2.550", "-0.500"), as money_text.
-            (pc.cast(flat.field("unit_price"), pa.string()), _STRING),
-            (_iso_seconds(flat.field("invoice_date")), _STRING),
-        ]
+    """The service's content hash of each row of an `invoice_table` (`api.content_hash`, the one
+    definition the service uses too; `invoice_table` nests the lines in `line_no` order)."""
+    return canonical_content_hashes(
+        invoices["invoice_no"],
+        invoices["customer_id"],
+        invoices["invoice_date"],
+        invoices["country"],
+        invoices["lines"],
     )
-    counts = pc.list_value_length(nested).to_numpy(zero_copy_only=False)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
-    canonical = _json_arrays(
-        [
-            (_json_string_contents(invoices["invoice_no"].combine_chunks()), _STRING),
-            (_json_string_contents(invoices["customer_id"].combine_chunks()), _STRING),
-            (_iso_seconds(invoices["invoice_date"].combine_chunks()), _STRING),
-            (_json_string_contents(invoices["country"].combine_chunks()), _STRING),
-            (pc.binary_join(pa.ListArray.from_arrays(offsets, line_texts), ","), _ARRAY),
-        ]
-    )
-    return _sha256_each(canonical)
-
-
-#: How `_json_arrays` encloses a value of each kind: a number as it is, a string's contents in quotes,
-#: the elements of an array (already joined with commas) in brackets.
-_NUMBER, _STRING, _ARRAY = ("", ""), ('"', '"'), ("[", "]")
-
-
-def _json_arrays(columns: list[tuple[pa.Array, tuple[str, str]]]) -> pa.Array:
-    """Per row, the compact JSON array of the columns' values; each column is JSON text to enclose as
-    its kind says (`_NUMBER`, `_STRING`, `_ARRAY`), and a null is written `null`.
-
-    One `binary_join_element_wise` over all the columns: a column without nulls is not made into
-    literals of its own, its enclosing characters are folded into the separators around it. Only a
-    column with nulls (descriptions, customers) is enclosed first, as `null` takes no quotes.
-    """
-    pieces: list[pa.Array | str] = []
-    before = "["  # the text due before the next value: the array's opening or a comma, and a closing
-    for texts, (opening, closing) in columns:
-        if texts.null_count:
-            literals = pc.binary_join_element_wise(opening, texts, closing, "") if opening else texts
-            pieces += [before, pc.fill_null(literals, "null")]
-            before = ","
-        else:
-            pieces += [before + opening, texts]
-            before = closing + ","
-    pieces.append(before[:-1] + "]")  # the last value's closing, and the array's own
-    return pc.binary_join_element_wise(*pieces, "")
-
-
-def _json_string_contents(values: pa.Array) -> pa.Array:
-    """Each string as it stands between the quotes of its JSON literal, as orjson writes it: UTF-8 as is,
-    with the quote, the backslash and U+0000..U+001F escaped. Nulls stay null.
-
-    Few strings hold such a character (1,239 descriptions with a quote in the UCI data, nothing else),
-    so those alone are encoded by orjson, the reference encoder, rather than reimplementing JSON's
-    several escapes (`\\n`, `\\u001f`, ...) with Arrow functions.
-    """
-    rows = _rows_to_escape(values)
-    if rows.size == 0:
-        return values
-    mask = np.zeros(len(values), dtype=bool)
-    mask[rows] = True
-    texts = [orjson.dumps(text).decode()[1:-1] for text in values.take(pa.array(rows)).to_pylist()]
-    return pc.replace_with_mask(values, pa.array(mask), pa.array(texts, pa.string()))
-
-
-def _rows_to_escape(values: pa.Array) -> np.ndarray:
-    """Rows of non-null strings holding a byte JSON escapes: a quote, a backslash or a control character.
-
-    A scan of the UTF-8 bytes is exact (every byte of a multi-byte character is >= 0x80) and several
-    times faster than a regex per string.
-    """
-    _, offsets_buffer, data_buffer = values.buffers()
-    if data_buffer is None or len(values) == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=len(values) + 1, offset=4 * values.offset)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
-    positions = np.flatnonzero((data < 0x20) | (data == 0x22) | (data == 0x5C)) + offsets[0]
-    rows = np.unique(np.searchsorted(offsets, positions, side="right") - 1)
-    # A null slot may still own bytes; it is written as `null`, never escaped.
-    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-    return rows[valid[rows]]
-
-
-def _sha256_each(texts: pa.Array) -> list[str]:
-    """The lowercase hex sha256 of each string, hashed where it lies in Arrow's buffer (no copy)."""
-    if len(texts) == 0:
-        return []
-    buffers = texts.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int32, count=len(texts) + 1, offset=4 * texts.offset)
-    data = memoryview(buffers[2]) if buffers[2] is not None else memoryview(b"")
-    bounds = offsets.tolist()
-    return [hashlib.sha256(data[a:b]).hexdigest() for a, b in itertools.pairwise(bounds)]
 
 
 def _numbers(answer: dict[str, Any], key: str) -> list[str]:
@@ -408,16 +305,6 @@ def _numbers(answer: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ServiceError(f"the service's answer lacks the list {key!r}: {answer!r:.200}")
     return value
-
-
-def _iso_seconds(timestamps: pa.Array) -> pa.Array:
-    """Timestamps as `YYYY-MM-DDTHH:MM:SS` strings.
-
-    Formatted once per distinct value (an invoice's lines share theirs): `strftime` over every line was
-    the largest part of building the canonical text.
-    """
-    encoded = pc.dictionary_encode(pc.cast(timestamps, TIMESTAMP_TYPE))
-    return pc.strftime(encoded.dictionary, format=ISO_SECONDS).take(encoded.indices)
 
 
 def _count(answer: dict[str, Any], key: str) -> int:

@@ -5,8 +5,9 @@ An event is JSON:
     {"event_id": "<uuid4>", "type": "invoice.created", "occurred_at": "2026-11-27T20:41:00.123456Z",
      "data": {...the resource...}}
 
-The writers (`api.crud`) build events with `customer_created`, `invoice_created_from`, `invoice_changed` and
-store them with `record`; the relay (`api.events.relay`) publishes them and sets `published_at`.
+The writers (`api.crud`) build events with `customer_created`, `invoice_created_from`, `invoice_changed`,
+`customer_updated`, `customer_deleted`, `invoice_updated`, `invoice_deleted` and store them with `record`;
+the relay (`api.events.relay`) publishes them and sets `published_at`.
 Timestamps in the table are naive UTC.
 """
 
@@ -22,13 +23,25 @@ import orjson
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from api import schemas
+from api.content_hash import money_text
 from api.models import OutboxEvent
 
 CUSTOMER_CREATED = "customer.created"
 INVOICE_CREATED = "invoice.created"
 INVOICE_CHANGED = "invoice.changed"
-EVENT_TYPES = (CUSTOMER_CREATED, INVOICE_CREATED, INVOICE_CHANGED)
+CUSTOMER_UPDATED = "customer.updated"
+CUSTOMER_DELETED = "customer.deleted"
+INVOICE_UPDATED = "invoice.updated"
+INVOICE_DELETED = "invoice.deleted"
+EVENT_TYPES = (
+    CUSTOMER_CREATED,
+    INVOICE_CREATED,
+    INVOICE_CHANGED,
+    CUSTOMER_UPDATED,
+    CUSTOMER_DELETED,
+    INVOICE_UPDATED,
+    INVOICE_DELETED,
+)
 
 OUTBOX = cast(Table, OutboxEvent.__table__)
 #: From this many events on, PostgreSQL gets them with COPY instead of an INSERT executemany.
@@ -98,7 +111,7 @@ def invoice_summary(
         "invoice_day": invoice_date.date().isoformat(),
         "country": country,
         "line_count": line_count,
-        "amount": schemas.money_text(amount),
+        "amount": money_text(amount),
     }
 
 
@@ -130,6 +143,30 @@ def invoice_created_from(data: dict[str, Any], *, now: dt.datetime | None = None
 def invoice_changed(data: dict[str, Any], *, line_no: int, now: dt.datetime | None = None) -> Event:
     """`invoice.changed`: the invoice header after a change, plus `added_line_no`, the line added."""
     return make_event(INVOICE_CHANGED, {**data, "added_line_no": line_no}, now=now)
+
+
+def customer_updated(customer_id: str, country: str, *, now: dt.datetime | None = None) -> Event:
+    """`customer.updated` (PUT or PATCH): the customer after the change, `{"customer_id", "country"}`."""
+    return make_event(CUSTOMER_UPDATED, {"customer_id": customer_id, "country": country}, now=now)
+
+
+def customer_deleted(customer_id: str, country: str, *, now: dt.datetime | None = None) -> Event:
+    """`customer.deleted`: the customer as it was, `{"customer_id", "country"}`."""
+    return make_event(CUSTOMER_DELETED, {"customer_id": customer_id, "country": country}, now=now)
+
+
+def invoice_updated(
+    data: dict[str, Any], *, removed_line_nos: Sequence[int] = (), now: dt.datetime | None = None
+) -> Event:
+    """`invoice.updated` (PUT, PATCH, or its lines of a stock code deleted): the header after the change
+    (an `invoice_summary`), plus `removed_line_nos` when lines were deleted."""
+    payload = {**data, "removed_line_nos": list(removed_line_nos)} if removed_line_nos else data
+    return make_event(INVOICE_UPDATED, payload, now=now)
+
+
+def invoice_deleted(data: dict[str, Any], *, now: dt.datetime | None = None) -> Event:
+    """`invoice.deleted`: the header of the invoice as it was (an `invoice_summary`)."""
+    return make_event(INVOICE_DELETED, data, now=now)
 
 
 def record(session: Session, events: Sequence[Event]) -> None:

@@ -1,63 +1,138 @@
-"""Customers: create, read, and the links to their invoices."""
+"""Customers: create, read (GET and HEAD, with ETags), replace, patch, delete, and their invoice links."""
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Response, status
+from typing import Annotated, Any
 
-from api import crud, schemas
+from fastapi import Body, Request, Response, status
+
+from api import schemas
+from api.core import etag
+from api.crud import customers as crud
+from api.crud import invoices as invoice_crud
 from api.deps import CustomerIdPath, SecuredRouter, SessionDep
+from api.errors import NotFoundError
+from api.routes.contract import (
+    DATA_ROUTE_ERRORS,
+    IfMatch,
+    IfNoneMatch,
+    errors,
+    get_with_head,
+    merge_patch_body,
+    merge_patch_schema,
+)
 
-router = SecuredRouter(tags=["customers"])
+router = SecuredRouter(tags=["customers"], responses=DATA_ROUTE_ERRORS)
 
 
 @router.post(
     "/customer",
     response_model=schemas.CustomerPublic,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Identical replay: the stored customer"}, 409: {}},
+    responses={200: {"description": "Identical replay: the stored customer"}, **errors(409)},
 )
-def create_customer(
-    session: SessionDep, customer: schemas.CustomerCreate, response: Response
-) -> schemas.CustomerPublic:
+def create_customer(session: SessionDep, customer: schemas.CustomerCreate) -> Response:
     """Create a customer; replaying the same body returns it with 200, another country is 409."""
-    stored, created = crud.create_customer(session, customer=customer)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return stored
+    body, created = crud.create_customer(session, customer=customer)
+    return etag.json_response(body, status_code=201 if created else 200)
 
 
-@router.get("/customer/{customer_id}", response_model=schemas.CustomerPublic)
-def read_customer(session: SessionDep, customer_id: CustomerIdPath) -> schemas.CustomerPublic:
-    """One customer."""
-    customer = crud.get_customer(session, customer_id=customer_id)
-    if customer is None:
-        raise HTTPException(status_code=404, detail=f"customer {customer_id} not found")
-    return customer
+@get_with_head(
+    router, "/customer/{customer_id}", response_model=schemas.CustomerPublic, responses=errors(404)
+)
+def read_customer(
+    request: Request, session: SessionDep, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+) -> Response:
+    """One customer, with its ETag; 304 when `If-None-Match` names it."""
+    body = crud.read_customer_json(session, customer_id=customer_id)
+    if body is None:
+        raise NotFoundError(f"customer {customer_id} not found")
+    return etag.json_response(body, method=request.method, if_none_match=if_none_match)
+
+
+@router.put(
+    "/customer/{customer_id}",
+    response_model=schemas.CustomerPublic,
+    responses={201: {"description": "Created: there was no such customer"}, **errors(409, 412)},
+)
+def replace_customer(
+    session: SessionDep,
+    customer_id: CustomerIdPath,
+    customer: schemas.CustomerReplace,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Replace the customer (its country), or create it (201) when missing. `If-Match` guards against
+    overwriting a change you have not seen; `If-None-Match: *` only creates."""
+    body, created = crud.replace_customer(
+        session, customer_id=customer_id, customer=customer, if_match=if_match, if_none_match=if_none_match
+    )
+    return etag.json_response(body, status_code=201 if created else 200)
+
+
+@router.patch(
+    "/customer/{customer_id}",
+    response_model=schemas.CustomerPublic,
+    responses=errors(404, 412),
+    openapi_extra=merge_patch_body(merge_patch_schema(schemas.CustomerReplace), {"country": "Germany"}),
+)
+def patch_customer(
+    session: SessionDep,
+    customer_id: CustomerIdPath,
+    patch: Annotated[dict[str, Any], Body(include_in_schema=False)],
+    if_match: IfMatch = None,
+) -> Response:
+    """Change the customer with a JSON merge patch (RFC 7396): `{"country": "Germany"}`."""
+    body = crud.patch_customer(session, customer_id=customer_id, patch=patch, if_match=if_match)
+    return etag.json_response(body)
+
+
+@router.delete(
+    "/customer/{customer_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **errors(404, 412),
+        409: {
+            "description": "The customer has invoices (`invoice_nos`: the first of them, `invoice_count`)",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+    },
+)
+def delete_customer(session: SessionDep, customer_id: CustomerIdPath, if_match: IfMatch = None) -> Response:
+    """Delete a customer without invoices; one with invoices is 409, naming them."""
+    crud.delete_customer(session, customer_id=customer_id, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/customer/{customer_id}/invoice",
     response_model=schemas.InvoicePublic,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Identical replay: the stored invoice"}, 404: {}, 409: {}},
+    responses={200: {"description": "Identical replay: the stored invoice"}, **errors(404, 409)},
 )
 def create_customer_invoice(
-    session: SessionDep, customer_id: CustomerIdPath, invoice: schemas.InvoiceCreate, response: Response
-) -> schemas.InvoicePublic:
-    """Create an invoice of the customer, with its lines; an identical replay stores nothing (200)."""
-    stored, created = crud.create_invoice(
+    session: SessionDep, customer_id: CustomerIdPath, invoice: schemas.InvoiceCreate
+) -> Response:
+    """Create an invoice of the customer, with its lines; an identical replay stores nothing (200).
+    Without `country` the invoice has the customer's; a date alone is its midnight."""
+    body, created = invoice_crud.create_invoice(
         session, invoice=invoice, customer_id=customer_id, customer_in_path=True
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return stored
+    return etag.json_response(body, status_code=201 if created else 200)
 
 
-@router.get(
+@get_with_head(
+    router,
     "/customer/{customer_id}/invoice",
     response_model=dict[str, str],
-    responses={200: {"content": {"application/json": {"example": {"id_536365": "/invoice/536365"}}}}},
+    responses={
+        200: {"content": {"application/json": {"example": {"id_536365": "/invoice/536365"}}}},
+        **errors(404),
+    },
 )
-def read_customer_invoice_links(session: SessionDep, customer_id: CustomerIdPath) -> dict[str, str]:
+def read_customer_invoice_links(
+    request: Request, session: SessionDep, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+) -> Response:
     """Links to the customer's invoices: `{"id_536365": "/invoice/536365", ...}`."""
-    return crud.customer_invoice_links(session, customer_id=customer_id)
+    links = crud.customer_invoice_links(session, customer_id=customer_id)
+    return etag.json_response(invoice_crud.to_json(links), method=request.method, if_none_match=if_none_match)

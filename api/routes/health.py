@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 
 from api import schemas
+from api.routes.contract import add_head_route
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +37,7 @@ def health(request: Request) -> schemas.HealthPublic | JSONResponse:
         logger.warning("health: the database does not answer", exc_info=True)
         return JSONResponse(status_code=503, content={"status": "error", "database": "unavailable"})
     return schemas.HealthPublic(status="ok", database="ok")
+
+
+add_head_route(router, "/", root)
+add_head_route(router, "/health", health)

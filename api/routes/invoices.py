@@ -1,45 +1,109 @@
-"""Invoices and their lines."""
+"""Invoices and their lines: create, read (GET and HEAD, with ETags), replace, patch, delete."""
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Response, status
+from typing import Annotated, Any
 
-from api import crud, schemas
+from fastapi import Body, Request, Response, status
+
+from api import schemas
+from api.core import etag
+from api.crud import invoices as crud
 from api.deps import InvoiceNoPath, SecuredRouter, SessionDep, StockCodePath
+from api.errors import NotFoundError
+from api.routes.contract import (
+    DATA_ROUTE_ERRORS,
+    IfMatch,
+    IfNoneMatch,
+    errors,
+    get_with_head,
+    merge_patch_body,
+    merge_patch_schema,
+)
 
-router = SecuredRouter(tags=["invoices"])
+router = SecuredRouter(tags=["invoices"], responses=DATA_ROUTE_ERRORS)
 
 
 @router.post(
     "/invoice",
     response_model=schemas.InvoicePublic,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Identical replay: the stored invoice"}, 409: {}},
+    responses={200: {"description": "Identical replay: the stored invoice"}, **errors(409)},
 )
-def create_invoice(
-    session: SessionDep, invoice: schemas.InvoiceWithCustomerCreate, response: Response
-) -> schemas.InvoicePublic:
-    """Create an invoice; `customer_id` is optional (the way in for invoices without a customer)."""
-    stored, created = crud.create_invoice(session, invoice=invoice, customer_id=invoice.customer_id)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return stored
+def create_invoice(session: SessionDep, invoice: schemas.InvoiceWithCustomerCreate) -> Response:
+    """Create an invoice; `customer_id` is optional (the way in for invoices without a customer), and so
+    is `country` when there is a customer (the invoice then has the customer's)."""
+    body, created = crud.create_invoice(session, invoice=invoice, customer_id=invoice.customer_id)
+    return etag.json_response(body, status_code=201 if created else 200)
 
 
-@router.get("/invoice/{invoice_no}", response_model=schemas.InvoicePublic)
-def read_invoice(session: SessionDep, invoice_no: InvoiceNoPath) -> schemas.InvoicePublic:
-    """One invoice with all its lines."""
-    invoice = crud.get_invoice(session, invoice_no=invoice_no)
-    if invoice is None:
-        raise HTTPException(status_code=404, detail=f"invoice {invoice_no} not found")
-    return invoice
+@get_with_head(router, "/invoice/{invoice_no}", response_model=schemas.InvoicePublic, responses=errors(404))
+def read_invoice(
+    request: Request, session: SessionDep, invoice_no: InvoiceNoPath, if_none_match: IfNoneMatch = None
+) -> Response:
+    """One invoice with all its lines, with its ETag; 304 when `If-None-Match` names it."""
+    body = crud.read_invoice_json(session, invoice_no=invoice_no)
+    if body is None:
+        raise NotFoundError(f"invoice {invoice_no} not found")
+    return etag.json_response(body, method=request.method, if_none_match=if_none_match)
+
+
+@router.put(
+    "/invoice/{invoice_no}",
+    response_model=schemas.InvoicePublic,
+    responses={201: {"description": "Created: there was no such invoice"}, **errors(409, 412)},
+)
+def replace_invoice(
+    session: SessionDep,
+    invoice_no: InvoiceNoPath,
+    invoice: schemas.InvoiceReplace,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Replace the invoice as a whole, its lines included, or create it (201) when missing. `If-Match`
+    guards against overwriting a change you have not seen; `If-None-Match: *` only creates."""
+    body, created = crud.replace_invoice(
+        session, invoice_no=invoice_no, invoice=invoice, if_match=if_match, if_none_match=if_none_match
+    )
+    return etag.json_response(body, status_code=201 if created else 200)
+
+
+@router.patch(
+    "/invoice/{invoice_no}",
+    response_model=schemas.InvoicePublic,
+    responses=errors(404, 409, 412),
+    openapi_extra=merge_patch_body(
+        merge_patch_schema(schemas.InvoiceReplace, nullable=("lines",)), {"country": "France"}
+    ),
+)
+def patch_invoice(
+    session: SessionDep,
+    invoice_no: InvoiceNoPath,
+    patch: Annotated[dict[str, Any], Body(include_in_schema=False)],
+    if_match: IfMatch = None,
+) -> Response:
+    """Change the invoice with a JSON merge patch (RFC 7396); `lines`, an array, is replaced whole."""
+    body = crud.patch_invoice(session, invoice_no=invoice_no, patch=patch, if_match=if_match)
+    return etag.json_response(body)
+
+
+@router.delete(
+    "/invoice/{invoice_no}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409, 412)
+)
+def delete_invoice(session: SessionDep, invoice_no: InvoiceNoPath, if_match: IfMatch = None) -> Response:
+    """Delete the invoice with all its lines."""
+    crud.delete_invoice(session, invoice_no=invoice_no, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/invoice/{invoice_no}/{stockcode}/",
     response_model=schemas.LinePublic,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Replay of a line with the same line_no and data"}, 404: {}, 409: {}},
+    responses={
+        200: {"description": "Replay of a line with the same line_no and data"},
+        **errors(404, 409),
+    },
 )
 def add_invoice_line(
     session: SessionDep,
@@ -55,9 +119,32 @@ def add_invoice_line(
     return stored
 
 
-@router.get("/invoice/{invoice_no}/{stockcode}/", response_model=list[schemas.LinePublic])
+@get_with_head(
+    router,
+    "/invoice/{invoice_no}/{stockcode}/",
+    response_model=list[schemas.LinePublic],
+    responses=errors(404),
+)
 def read_invoice_lines(
-    session: SessionDep, invoice_no: InvoiceNoPath, stockcode: StockCodePath
-) -> list[schemas.LinePublic]:
+    request: Request,
+    session: SessionDep,
+    invoice_no: InvoiceNoPath,
+    stockcode: StockCodePath,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
     """The invoice's lines with this stock code (several lines can carry the same code)."""
-    return crud.lines_by_stock_code(session, invoice_no=invoice_no, stock_code=stockcode)
+    body = crud.lines_json(session, invoice_no=invoice_no, stock_code=stockcode)
+    return etag.json_response(body, method=request.method, if_none_match=if_none_match)
+
+
+@router.delete(
+    "/invoice/{invoice_no}/{stockcode}/",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(404, 409, 412),
+)
+def delete_invoice_lines(
+    session: SessionDep, invoice_no: InvoiceNoPath, stockcode: StockCodePath, if_match: IfMatch = None
+) -> Response:
+    """Delete the invoice's lines with this stock code; `If-Match` is the ETag of their GET."""
+    crud.delete_lines(session, invoice_no=invoice_no, stock_code=stockcode, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

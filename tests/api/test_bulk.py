@@ -57,7 +57,7 @@ def test_bulk_customers_validation(client: TestClient) -> None:
     too_many = {"customers": [{"customer_id": str(n), "country": "X"} for n in range(10_001)]}
     assert client.post("/bulk/customers", json=too_many).json()["detail"][0]["loc"] == ["body", "customers"]
     bad = client.post(
-        "/bulk/customers", json={"customers": [{"customer_id": "1", "country": "X"}, {"customer_id": "x"}]}
+        "/bulk/customers", json={"customers": [{"customer_id": "1", "country": "X"}, {"customer_id": "x/y"}]}
     )
     assert bad.status_code == 422
     locs = [error["loc"] for error in bad.json()["detail"]]
@@ -154,14 +154,14 @@ def test_same_invoice_twice_in_a_batch(client: TestClient, engine: Engine, custo
     assert row_counts(engine)["invoices"] == 1
 
 
-def test_unknown_customer_is_422_naming_the_field_and_stores_nothing(
+def test_unknown_customer_is_409_naming_the_field_and_stores_nothing(
     client: TestClient, engine: Engine, customers: list[str]
 ) -> None:
     batch = [invoice("536365", customer_id="17850"), invoice("536366", customer_id="99999")]
 
     response = bulk_invoices(client, batch)
 
-    assert response.status_code == 422
+    assert response.status_code == 409  # well formed, but not stored: a conflict with the state
     assert response.json()["detail"][0]["loc"] == ["body", "invoices", 1, "customer_id"]
     assert "99999" in response.json()["detail"][0]["msg"]
     assert row_counts(engine)["invoices"] == 0

@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from api import arrow_pages, arrow_writes, crud, schemas
+from api import arrow_pages, arrow_writes, content_hash, schemas
+from api.crud import invoice_store
 from tests.api.helpers import invoice, line, row_counts
 
 ARROW = arrow_pages.ARROW_STREAM
@@ -224,14 +225,14 @@ def test_conflicts_are_409_and_store_nothing(
     assert twice.status_code == 409 and twice.json()["invoice_nos"] == ["9"]
 
 
-def test_unknown_customer_is_422_at_its_invoice(
+def test_unknown_customer_is_409_at_its_invoice(
     client: TestClient, engine: Engine, customers: list[str]
 ) -> None:
     batch = [invoice("536365", customer_id="17850"), invoice("536366", customer_id="99999")]
 
     response = post_arrow(client, arrow_body(batch))
 
-    assert response.status_code == 422
+    assert response.status_code == 409  # well formed, but not stored: a conflict with the state
     assert response.json()["detail"][0]["loc"] == ["body", "invoices", 1, "customer_id"]
     assert "99999" in response.json()["detail"][0]["msg"]
     assert row_counts(engine)["invoices"] == 0
@@ -308,10 +309,10 @@ def sample_invoices() -> list[dict[str, Any]]:
     return list(invoices.values())
 
 
-def json_store(invoices: list[dict[str, Any]]) -> crud.InvoicesToStore:
+def json_store(invoices: list[dict[str, Any]]) -> invoice_store.InvoicesToStore:
     """What the JSON path makes of `invoices`."""
     parsed = schemas.BulkInvoicesCreate.model_validate({"invoices": invoices}).invoices
-    return crud.invoices_to_store([(body, body.customer_id) for body in parsed])
+    return invoice_store.invoices_to_store([(body, body.customer_id) for body in parsed])
 
 
 @pytest.mark.parametrize("make", [sample_invoices, nasty_batch], ids=["sample", "nasty"])
@@ -328,7 +329,7 @@ def test_arrow_and_json_make_the_same_invoices_to_store(make: Callable[[], list[
         assert flat == sorted((i, *tuple_) for i, lines in enumerate(from_json.lines) for tuple_ in lines)
 
 
-def test_the_hash_is_crud_content_hash_for_nasty_strings() -> None:
+def test_the_arrow_hash_is_the_one_content_hash_for_nasty_strings() -> None:
     date = dt.datetime(2010, 12, 1, 8, 26)
     for text_ in NASTY_TEXT:
         rows = [
@@ -362,7 +363,7 @@ def test_the_hash_is_crud_content_hash_for_nasty_strings() -> None:
         (stored,) = arrow_writes.read_invoices(
             stream_of(pa.Table.from_pylist(rows, schema=BODY_SCHEMA))
         ).invoices
-        expected = crud.content_hash(
+        expected = content_hash.content_hash(
             invoice_no="1",
             customer_id=None,
             invoice_date=date,
@@ -409,14 +410,13 @@ def replaced_line_field(table: pa.Table, name: str, array: pa.Array) -> pa.Table
         (one_invoice_table(invoice_no="53/6365"), ["body", "invoices", 0, "invoice_no"]),
         (one_invoice_table(invoice_no=""), ["body", "invoices", 0, "invoice_no"]),
         (one_invoice_table(invoice_no="1" * 21), ["body", "invoices", 0, "invoice_no"]),
-        (one_invoice_table(customer_id="17850.0"), ["body", "invoices", 0, "customer_id"]),
+        (one_invoice_table(customer_id="17/850"), ["body", "invoices", 0, "customer_id"]),
         (one_invoice_table(customer_id="1785\n"), ["body", "invoices", 0, "customer_id"]),
         (one_invoice_table(country="x" * 65), ["body", "invoices", 0, "country"]),
         (one_invoice_table(country="United\x00Kingdom"), ["body", "invoices", 0, "country"]),
         (one_invoice_table(invoice_date=None), ["body", "invoices", 0, "invoice_date"]),
         (one_invoice_table(lines=None), ["body", "invoices", 0, "lines"]),
         (with_line(line_no=0), ["body", "invoices", 0, "lines", 1, "line_no"]),
-        (with_line(line_no=1), ["body", "invoices", 0, "lines"]),  # line_no used twice
         (with_line(stock_code="A/B"), ["body", "invoices", 0, "lines", 1, "stock_code"]),
         (with_line(stock_code="A\x00"), ["body", "invoices", 0, "lines", 1, "stock_code"]),
         (with_line(stock_code=""), ["body", "invoices", 0, "lines", 1, "stock_code"]),

@@ -6,12 +6,14 @@ import datetime as dt
 import hashlib
 import json
 from decimal import Decimal
+from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from api.crud import content_hash
+from api.content_hash import LINE_FIELDS, content_hash, content_hashes
 from tests.api.helpers import invoice, line
 
 TRICKY_TEXT = [
@@ -105,3 +107,62 @@ def test_compare_refuses_malformed_hashes_and_numbers_naming_them(
     assert response.status_code == 422
     loc = response.json()["detail"][0]["loc"]
     assert loc[:2] == ["body", "invoices"] and str(loc[-1]) == loc_end
+
+
+def _nested(lines: list[list[tuple[Any, ...]]]) -> pa.ListArray:
+    flat = [line for invoice_lines in lines for line in invoice_lines]
+    struct = pa.StructArray.from_arrays(
+        [
+            pa.array([line[0] for line in flat], pa.int32()),
+            pa.array([line[1] for line in flat], pa.string()),
+            pa.array([line[2] for line in flat], pa.string()),
+            pa.array([line[3] for line in flat], pa.int64()),
+            pa.array([line[4] for line in flat], pa.decimal128(12, 3)),
+            pa.array([line[5] for line in flat], pa.timestamp("us")),
+        ],
+        names=list(LINE_FIELDS),
+    )
+    offsets = [0]
+    for invoice_lines in lines:
+        offsets.append(offsets[-1] + len(invoice_lines))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct)
+
+
+def test_the_arrow_definition_equals_the_python_one_for_every_kind_of_value() -> None:
+    """`content_hashes` (the Arrow path and the job) and `content_hash` (the JSON path) are one
+    definition: equal for escapes, non-ASCII, nulls, empty invoices and sub-second timestamps."""
+    date = dt.datetime(2010, 12, 1, 8, 26)
+    fractional = dt.datetime(2010, 12, 1, 9, 0, 1, 250000)
+    headers = [
+        ("536365", "17850", date, "United Kingdom"),
+        ("C536379", None, fractional, 'EIRE "quoted" \\'),
+        ("1", "22ff32f22f", date, "漢字 😀"),
+    ]
+    lines: list[list[tuple[Any, ...]]] = [
+        [
+            (1, "85123A", "WHITE HANGING HEART", 6, Decimal("2.55"), date),
+            (2, "D", None, -1, Decimal("-0.5"), date),
+        ],
+        [(n, 'A\\"', text, 0, Decimal("999999999.999"), fractional) for n, text in enumerate(TRICKY_TEXT, 1)],
+        [],
+    ]
+    got = content_hashes(
+        pa.array([h[0] for h in headers]),
+        pa.array([h[1] for h in headers], pa.string()),
+        pa.array([h[2] for h in headers], pa.timestamp("us")),
+        pa.array([h[3] for h in headers]),
+        _nested(lines),
+    )
+    expected = [
+        content_hash(
+            invoice_no=no, customer_id=customer, invoice_date=when, country=country, lines=invoice_lines
+        )
+        for (no, customer, when, country), invoice_lines in zip(headers, lines, strict=True)
+    ]
+    assert got == expected
+
+
+def test_the_job_uses_the_one_definition() -> None:
+    from etl import post
+
+    assert post.canonical_content_hashes is content_hashes

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from tests.api.helpers import invoice, line, row_counts
+from tests.api.test_bulk_arrow import arrow_body, post_arrow
 
 
 @pytest.fixture
@@ -97,9 +98,9 @@ def test_post_invoice_with_customer_links_it(client: TestClient, customer: str) 
     assert client.get(f"/customer/{customer}/invoice").json() == {"id_536365": "/invoice/536365"}
 
 
-def test_post_invoice_with_unknown_customer_is_422_naming_the_field(client: TestClient) -> None:
+def test_post_invoice_with_unknown_customer_is_409_naming_the_field(client: TestClient) -> None:
     response = client.post("/invoice", json=invoice(customer_id="99999"))
-    assert response.status_code == 422
+    assert response.status_code == 409  # well formed, but not stored: a conflict with the state
     assert response.json()["detail"][0]["loc"] == ["body", "customer_id"]
 
 
@@ -183,7 +184,6 @@ def test_invalid_invoice_body_is_422_naming_the_field(client: TestClient) -> Non
         (invoice(lines=[line("x" * 33)]), ["body", "lines", 0, "stock_code"]),
         (invoice(lines=[line("A/B")]), ["body", "lines", 0, "stock_code"]),
         (invoice(lines=[line(description="d" * 256)]), ["body", "lines", 0, "description"]),
-        (invoice(lines=[line(line_no=1), line(line_no=1)]), ["body", "lines"]),
         (invoice(invoice_no="5363 65"), ["body", "invoice_no"]),
         (invoice(invoice_no="1" * 21), ["body", "invoice_no"]),
         (invoice(invoice_date="2010-12-01T08:26:00+01:00"), ["body", "invoice_date"]),
@@ -289,3 +289,91 @@ def test_lines_of_a_stock_code_not_on_the_invoice_is_404(client: TestClient) -> 
     assert response.status_code == 404
     assert "NOPE" in response.json()["detail"]
     assert client.get("/invoice/999999/85123A/").json() == {"detail": "invoice 999999 not found"}
+
+
+def test_the_course_example_invoice_takes_its_customers_country_and_midnight(client: TestClient) -> None:
+    """The course's `POST /customer/12345/invoice {"invoice_no": 123456, "invoice_date": "2021-01-05"}`."""
+    assert client.post("/customer", json={"customer_id": "12345", "country": "Germany"}).status_code == 201
+    response = client.post(
+        "/customer/12345/invoice", json={"invoice_no": 123456, "invoice_date": "2021-01-05"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json() == {
+        "invoice_no": "123456",
+        "invoice_date": "2021-01-05T00:00:00",
+        "invoice_day": "2021-01-05",
+        "country": "Germany",
+        "customer_id": "12345",
+        "customer": {"url": "/customer/12345"},
+        "lines": [],
+    }
+    # The replay is recognised as identical: the default was applied before the content hash.
+    again = client.post("/customer/12345/invoice", json={"invoice_no": 123456, "invoice_date": "2021-01-05"})
+    assert again.status_code == 200
+    # A country given is kept.
+    other = client.post(
+        "/customer/12345/invoice",
+        json={"invoice_no": "123457", "invoice_date": "2021-01-05", "country": "EIRE"},
+    )
+    assert other.json()["country"] == "EIRE"
+
+
+def test_an_invoice_without_customer_or_country_is_422_naming_country(
+    client: TestClient, engine: Engine
+) -> None:
+    response = client.post("/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "country"]
+    unknown = client.post(
+        "/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05", "customer_id": "404"}
+    )
+    assert unknown.status_code == 409
+    assert unknown.json()["detail"][0]["loc"] == ["body", "customer_id"]
+    assert (
+        client.post(
+            "/customer/404/invoice", json={"invoice_no": "1", "invoice_date": "2021-01-05"}
+        ).status_code
+        == 404
+    )
+    assert row_counts(engine)["invoices"] == 0
+
+
+@pytest.mark.parametrize("bad", ["2021-13-05", "2021-01-32", "05/01/2021", "2021-01-05Z"])
+def test_a_bad_date_is_422_naming_invoice_date(client: TestClient, bad: str) -> None:
+    response = client.post("/invoice", json={"invoice_no": "1", "invoice_date": bad, "country": "X"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "invoice_date"]
+
+
+def test_a_bulk_invoice_still_needs_its_country(client: TestClient) -> None:
+    body = {"invoices": [{"invoice_no": "1", "invoice_date": "2021-01-05", "customer_id": None}]}
+    response = client.post("/bulk/invoices", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "invoices", 0, "country"]
+
+
+@pytest.mark.parametrize("path", ["/invoice", "/bulk/invoices", "/invoice/536365", "arrow"])
+def test_lines_sharing_a_number_are_409_naming_the_lines_and_store_nothing(
+    client: TestClient, engine: Engine, path: str
+) -> None:
+    """No JSON Schema can say "line numbers are unique", so the schema accepts such a body; the write
+    refuses it as a conflict within the request, as it refuses an invoice repeated with other content."""
+    body = invoice("536365", lines=[line("A", line_no=1), line("B", line_no=1)])
+    if path == "/bulk/invoices":
+        response = client.post(path, json={"invoices": [invoice("536364"), body]})
+        loc = ["body", "invoices", 1, "lines"]
+    elif path == "arrow":
+        response = post_arrow(client, arrow_body([invoice("536364"), body]))
+        loc = ["body", "invoices", 1, "lines"]
+    elif path == "/invoice":
+        response = client.post(path, json=body)
+        loc = ["body", "lines"]
+    else:
+        del body["invoice_no"]
+        response = client.put(path, json=body)
+        loc = ["body", "lines"]
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == [
+        {"type": "line_no_duplicate", "loc": loc, "msg": "line_no 1 appears more than once"}
+    ]
+    assert row_counts(engine)["invoices"] == 0

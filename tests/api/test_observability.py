@@ -150,15 +150,44 @@ def test_request_id_is_kept_echoed_and_on_every_log_line(
     assert {"ts", "level", "logger", "msg"} <= set(access[0])
     assert all(API_KEY not in json.dumps(line) for line in lines), "the key itself is never logged"
 
-    # The bulk line names the invoices, so one can be followed from the job's log to the service's.
+    # At INFO the bulk line says counts only: on the full data one request names ~26,000 invoices.
     bulk = [line for line in mine if line["logger"] == "api.routes.bulk"]
     assert len(bulk) == 1
     assert bulk[0]["level"] == "info"
-    assert bulk[0]["invoices_created"] == ["536365", "C536379"]
-    assert bulk[0]["invoices_unchanged"] == []
-    replay = next(
-        line for line in lines if line["request_id"] == "second" and line["logger"] == "api.routes.bulk"
-    )
+    assert bulk[0]["msg"] == "bulk invoices: 2 created, 0 unchanged, 4 lines created"
+    assert "invoices_created" not in bulk[0] and "536365" not in json.dumps(bulk[0])
+
+
+def test_the_bulk_write_names_its_invoices_at_debug(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At DEBUG the invoice numbers are logged too, so one can be followed from the job's log to the
+    service's (same request id)."""
+    settings = make_settings(database_url, LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        customer = {"customer_id": "17850", "country": "United Kingdom"}
+        client.post("/bulk/customers", json={"customers": [customer]}).raise_for_status()
+        body = {"invoices": [invoice("536365", customer_id="17850"), invoice("C536379")]}
+        client.post("/bulk/invoices", json=body, headers={"X-Request-ID": "first"}).raise_for_status()
+        body["invoices"].append(invoice("536366"))
+        client.post("/bulk/invoices", json=body, headers={"X-Request-ID": "second"}).raise_for_status()
+    lines = json_lines(capsys.readouterr().err)
+
+    def bulk_lines(request_id: str, level: str) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in lines
+            if line["request_id"] == request_id
+            and line["logger"] == "api.routes.bulk"
+            and line["level"] == level
+        ]
+
+    (first_info,) = bulk_lines("first", "info")
+    assert "invoices_created" not in first_info
+    (first,) = bulk_lines("first", "debug")
+    assert first["invoices_created"] == ["536365", "C536379"]
+    assert first["invoices_unchanged"] == []
+    (replay,) = bulk_lines("second", "debug")
     assert replay["invoices_created"] == ["536366"]
     assert replay["invoices_unchanged"] == ["536365", "C536379"]
 

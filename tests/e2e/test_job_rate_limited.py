@@ -18,7 +18,9 @@ def test_the_job_reconciles_under_a_tight_rate_limit(
     monkeypatch.setenv("RETAIL_LINES_PER_REQUEST", "100")
     monkeypatch.setenv("RETAIL_PAGE_SIZE", "50")
     lake = tmp_path / "lake"
-    with live_service(sqlite_url, extra_env={"RATE_LIMIT": "20/second", "LOG_FORMAT": "json"}) as service:
+    with live_service(
+        sqlite_url, extra_env={"RATE_LIMIT": "20/second", "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
+    ) as service:
         result = run_job(service, lake)
         service_log = [json.loads(line) for line in service.log_path.read_text().splitlines() if line.strip()]
     assert result.returncode == 0, result.stderr[-4000:]
@@ -32,7 +34,7 @@ def test_the_job_reconciles_under_a_tight_rate_limit(
 
     refused = [line for line in service_log if line["logger"] == "api.access" and line["status"] == 429]
     assert len(refused) == report["retries"]["429"]
-    # Each invoice can be followed: the bulk line that created it carries the job's request id.
+    # Each invoice can be followed: the bulk line that created it (at DEBUG) carries the job's request id.
     created = [line for line in service_log if line.get("invoices_created")]
     assert sum(len(line["invoices_created"]) for line in created) == len({row[0] for row in expected})
     assert all(line["request_id"] for line in created)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-from api.crud import content_hash
+from api.content_hash import content_hash
 from etl.client import ARROW_STREAM, RetailClient, RetryPolicy
 from etl.schema import LINE_SCHEMA, PRICE_TYPE, SOURCE_COLUMNS, TIMESTAMP_TYPE
 
@@ -121,7 +121,7 @@ def line_rows(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def service_hash(invoice: dict[str, Any]) -> str:
-    """`api.crud.content_hash` (the service's) of an invoice in this fake's stored form."""
+    """`api.content_hash.content_hash` (the service's) of an invoice in this fake's stored form."""
     return content_hash(
         invoice_no=invoice["invoice_no"],
         customer_id=invoice["customer_id"],

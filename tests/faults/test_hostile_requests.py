@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -118,10 +120,12 @@ def hostile_requests() -> Iterator[tuple[str, str, Any]]:
         yield "GET", f"/invoice/{quoted}/{quoted}/", None
         yield "GET", f"/invoices?start={quoted}&end=2011-01-01", None
         yield "GET", f"/invoices?start=2010-12-01&end=2010-12-31&cursor={quoted}", None
-        yield "POST", "/customer", {"customer_id": value, "country": value}
+        # A customer id may be any text without "/" or control characters (issue 16), so most of these
+        # are valid ids: an empty country keeps the request refused here; the next test stores them.
+        yield "POST", "/customer", {"customer_id": value, "country": ""}
         yield "POST", "/invoice", {"invoice_no": "536598", "invoice_date": value, "country": "X"}
         yield "POST", "/invoice/536598/22086/", {"quantity": value, "unit_price": value}
-        yield "POST", "/bulk/customers", {"customers": [{"customer_id": value, "country": "X"}]}
+        yield "POST", "/bulk/customers", {"customers": [{"customer_id": value, "country": ""}]}
     for number in HUGE_NUMBERS:
         yield "GET", f"/invoices?start=2010-12-01&end=2010-12-31&limit={number}", None
         yield "POST", "/invoice/536598/22086/", {"quantity": number, "unit_price": number}
@@ -166,6 +170,30 @@ def test_hostile_values_are_4xx_and_change_no_row(service: LiveService, fault_re
             "all 4xx (" + ", ".join(f"{k}: {v}" for k, v in sorted(answered.items())) + "), no row changed",
         )
     )
+
+
+def test_hostile_customer_ids_are_stored_verbatim_or_refused(service: LiveService) -> None:
+    """Quotes, SQL and unicode are plain text in a customer id: stored and read back exactly as sent, and
+    nothing else changes; what the id's pattern excludes (a slash, a control character, over 20
+    characters) is 422."""
+    before = dict(fingerprint(service))
+    stored: list[str] = []
+    with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+        for value in HOSTILE:
+            response = client.post("/customer", json={"customer_id": value, "country": "X"})
+            valid = len(value) <= 20 and not re.search(r"[\x00-\x1f\x7f/]", value)
+            assert response.status_code == (201 if valid else 422), (value[:40], response.text[:200])
+            if valid:
+                stored.append(value)
+                read = client.get("/customer/" + quote(value, safe=""))
+                assert read.status_code == 200
+                assert read.json() == {"customer_id": value, "country": "X"}
+    after = dict(fingerprint(service))
+    assert sorted(row[0] for row in after["customers"]) == sorted(
+        [row[0] for row in before["customers"]] + stored
+    )
+    assert after["invoices"] == before["invoices"] and after["invoice_lines"] == before["invoice_lines"]
+    assert {"536365' OR '1'='1", '"quoted"', "%00"} <= set(stored)
 
 
 def test_an_oversized_batch_is_413_and_stores_nothing(
