@@ -26,11 +26,12 @@ DAY = dt.date(2010, 12, 2)
 
 
 def visible_files(root: Path) -> dict[str, pa.Table]:
-    """Each visible data file's rows (and schema), read as a single file."""
+    """Each visible data file's rows (and schema), read as a single file (the lake's own `_lake/` folder of
+    committed objects and manifests is not what a plain reader lists)."""
     return {
         str(p.relative_to(root)): pq.ParquetFile(p).read().replace_schema_metadata(None)
         for p in sorted(root.rglob("*.parquet"))
-        if not p.name.startswith(".")
+        if not p.name.startswith(".") and p.relative_to(root).parts[0] != "_lake"
     }
 
 
