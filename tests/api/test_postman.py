@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,23 @@ from tests.api.conftest import make_settings
 from tests.support.service import REPO_ROOT, live_service
 
 COLLECTION = REPO_ROOT / "postman" / "retail-api.postman_collection.json"
+RETAIL_API = str(Path(sys.executable).parent / "retail-api")
+
+
+def read_only_credentials(database_url: str) -> dict[str, str]:
+    """A read-only API key and a read-only OAuth2 client, made with the installed `retail-api` command as an
+    operator would (nothing can create them over HTTP), for the collection's 403 and token requests."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+
+    def retail_api(*args: str) -> str:
+        done = subprocess.run([RETAIL_API, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    key = retail_api("keys", "create", "--name", "postman-reader", "--scopes", "read").strip().splitlines()[0]
+    printed = retail_api("clients", "create", "--name", "postman-client", "--scopes", "read")
+    client = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
+    return {"readKey": key, "readClientId": client["client_id"], "readClientSecret": client["client_secret"]}
 
 
 def find_newman() -> str:
@@ -66,6 +85,7 @@ def test_newman_runs_the_collection_against_a_live_service(sqlite_url: str, tmp_
     newman = find_newman()
     report = tmp_path / "newman.json"
     with live_service(sqlite_url) as service:
+        credentials = read_only_credentials(sqlite_url)
         result = subprocess.run(
             [
                 newman,
@@ -75,6 +95,7 @@ def test_newman_runs_the_collection_against_a_live_service(sqlite_url: str, tmp_
                 f"baseUrl={service.url}",
                 "--env-var",
                 f"apiKey={service.api_key}",
+                *(arg for name, value in credentials.items() for arg in ("--env-var", f"{name}={value}")),
                 "--reporters",
                 "cli,json",
                 "--reporter-json-export",
