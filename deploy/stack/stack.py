@@ -4,7 +4,7 @@
                                         [--scrape-interval 15s] [--alert-for DURATION] [--no-schedule]
     python deploy/stack/stack.py status [--dir .stack]     every part's health and URL
     python deploy/stack/stack.py down   [--dir .stack] [--purge]
-    python deploy/stack/stack.py kill  NAME [--dir .stack] SIGKILL one part's process group (fault drills)
+    python deploy/stack/stack.py kill  NAME [--dir .stack] SIGKILL one part and its children (fault drills)
     python deploy/stack/stack.py start NAME [--dir .stack] start one stopped part again, wait until healthy
 
 What runs (every process from this virtualenv or Debian's packages, on 127.0.0.1, on ports picked free at
@@ -393,7 +393,10 @@ events {{
 }}
 
 http {{
-    access_log {logs}/nginx-access.log combined;
+    # Which replica(s) each request went to and what they answered: "a, b" / "502, 200" is a retry.
+    log_format retail '$remote_addr [$time_local] "$request" $status '
+                      'upstream=$upstream_addr upstream_status=$upstream_status rt=$request_time';
+    access_log {logs}/nginx-access.log retail;
     client_body_temp_path {prefix}/tmp/body;
     proxy_temp_path {prefix}/tmp/proxy;
     fastcgi_temp_path {prefix}/tmp/fastcgi;
@@ -409,6 +412,10 @@ http {{
         listen {listen};
         # The service's own limit (MAX_BODY_BYTES, 64 MiB) decides; nginx must not cut bulk posts first.
         client_max_body_size 80m;
+        # Bodies and answers stay in memory: nginx's worker (www-data when the master is root) may not
+        # be able to write temp files under a private folder (e.g. a test's 0700 tmp dir).
+        client_body_buffer_size 80m;
+        proxy_max_temp_file_size 0;
 
         location = /nginx-health {{
             access_log off;
@@ -504,22 +511,47 @@ def spawn(state: State, part: Part, shared: dict[str, str]) -> None:
     state.save()
 
 
-def stop(part: Part, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Stop `part`'s process group (the process and everything it started) if it is still ours."""
-    if not is_ours_and_alive(part):
+def process_tree(pid: int) -> list[tuple[int, int]]:
+    """`pid` and every process descended from it, each with its start time (to tell a reused pid).
+
+    A process group is not enough: a task process may start a session of its own, and a machine's death
+    takes every process on it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    tree, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            tree.append(child)
+            todo.append(child)
+    return [(p, ticks) for p in tree if (ticks := process_start_ticks(p)) is not None]
+
+
+def kill_tree(tree: list[tuple[int, int]]) -> None:
+    """SIGKILL each process of `tree` that is still the one recorded."""
+    for pid, ticks in tree:
+        if process_start_ticks(pid) == ticks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def stop(part: Part) -> None:
+    """Stop `part` and everything it started, if it is still ours: SIGTERM to its process group (a
+    graceful stop), SIGKILL to what is left after STOP_TIMEOUT."""
+    if part.pid is None or not is_ours_and_alive(part):
         return
-    assert part.pid is not None
+    tree = process_tree(part.pid)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(part.pid, sig)
+        os.killpg(part.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while is_ours_and_alive(part) and time.monotonic() < deadline:
+    while any(process_start_ticks(p) == ticks for p, ticks in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if is_ours_and_alive(part):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(part.pid, signal.SIGKILL)
-    # Children that outlived the leader (a task process, a pool worker) are in the same group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(part.pid, signal.SIGKILL)
+    kill_tree(tree)
 
 
 def celery_ping(state: State, worker: str) -> bool:
@@ -682,8 +714,6 @@ def write_configs(state: State, args: argparse.Namespace) -> dict[str, str]:
     directory = Path(state.dir)
     for sub in ("logs", "airflow", "nginx/tmp", "prometheus/data"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
-    # nginx's worker runs as www-data when started by root: it writes request bodies to its temp dir.
-    (directory / "nginx" / "tmp").chmod(0o777)
     shared = shared_settings(state)
     if args.no_schedule:
         # Test stacks: no catch-up of the whole year when the DAG is unpaused; backfills and triggered
@@ -840,14 +870,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    """SIGKILL one part's whole process group: a machine's sudden death, for the fault tests."""
+    """SIGKILL one part and every process it started: a machine's sudden death, for the fault tests."""
     state = State.load(Path(args.dir).resolve())
     if state is None or args.part not in state.parts:
         raise StackError(f"no part {args.part!r} in this stack")
     part = state.parts[args.part]
     if part.pid is not None and is_ours_and_alive(part):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(part.pid, signal.SIGKILL)
+        kill_tree(process_tree(part.pid))
     deadline = time.monotonic() + STOP_TIMEOUT
     while is_ours_and_alive(part) and time.monotonic() < deadline:
         time.sleep(0.1)
