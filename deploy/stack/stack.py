@@ -397,11 +397,11 @@ http {{
     log_format retail '$remote_addr [$time_local] "$request" $status '
                       'upstream=$upstream_addr upstream_status=$upstream_status rt=$request_time';
     access_log {logs}/nginx-access.log retail;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
+    client_body_temp_path {prefix}/body-temp;
+    proxy_temp_path {prefix}/proxy-temp;
+    fastcgi_temp_path {prefix}/fastcgi-temp;
+    uwsgi_temp_path {prefix}/uwsgi-temp;
+    scgi_temp_path {prefix}/scgi-temp;
 
     upstream retail_api {{
 {servers}
@@ -439,6 +439,17 @@ http {{
     }}
 }}
 """
+
+
+#: The compose stack's nginx (docker-compose.yml mounts it); tests/stack checks it is this rendering.
+COMPOSE_NGINX = REPO / "deploy" / "nginx" / "compose.conf"
+
+
+def compose_nginx_config() -> str:
+    """nginx_config() for docker-compose.yml's services: the same proxy, container paths and names."""
+    return nginx_config(
+        Path("/var/cache/nginx"), "80", ["api-1:8000", "api-2:8000"], logs=Path("/var/log/nginx")
+    )
 
 
 def prometheus_config(state: State, scrape_interval: str) -> str:
@@ -712,7 +723,7 @@ def plan(args: argparse.Namespace, directory: Path, tools: dict[str, str]) -> St
 def write_configs(state: State, args: argparse.Namespace) -> dict[str, str]:
     """The env file, nginx's and Prometheus' configs; returns the shared settings."""
     directory = Path(state.dir)
-    for sub in ("logs", "airflow", "nginx/tmp", "prometheus/data"):
+    for sub in ("logs", "airflow", "nginx", "prometheus/data"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     shared = shared_settings(state)
     if args.no_schedule:

@@ -100,6 +100,24 @@ def test_prometheus_scrapes_each_replica_under_its_own_label(stack: Stack) -> No
     assert {r["metric"]["replica"] for r in answer["data"]["result"]} == {"api-1", "api-2"}
 
 
+def test_the_dashboards_per_replica_panels_show_each_replica(stack: Stack) -> None:
+    import json
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "retail.json").read_text())
+    titles = {"Replicas up", "Request rate per replica", "Database pool per replica"}
+    exprs = [t["expr"] for p in dashboard["panels"] if p["title"] in titles for t in p["targets"]]
+    assert len(exprs) == len(titles)
+
+    def replicas_of(expr: str) -> set[str]:
+        query = expr.replace("$__rate_interval", "1m")
+        answer = httpx.get(f"{stack.url('prometheus')}/api/v1/query", params={"query": query}, timeout=5)
+        return {r["metric"].get("replica", "") for r in answer.json()["data"]["result"]}
+
+    for expr in exprs:
+        found = wait_for(f"both replicas in {expr}", lambda e=expr: replicas_of(e) >= {"api-1", "api-2"}, 60)
+        assert found
+
+
 @pytest.mark.timeout(600)
 def test_a_backfill_through_the_celery_workers_writes_the_lake_the_command_line_writes(
     stack: Stack, unpaused_dag: str, reference_lake: str
