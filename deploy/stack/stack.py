@@ -655,7 +655,12 @@ def plan(args: argparse.Namespace, directory: Path, tools: dict[str, str]) -> St
         Part("s3", [tools["moto_server"], "-H", "127.0.0.1", "-p", str(ports["s3"])], url=state.url("s3")),
         Part(
             "pushgateway",
-            [tools["prometheus-pushgateway"], f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"],
+            [
+                tools["prometheus-pushgateway"],
+                f"--web.listen-address=127.0.0.1:{ports['pushgateway']}",
+                # Debian's build persists to /var/lib/prometheus by default: shared with every other one.
+                f"--persistence.file={directory / 'pushgateway.data'}",
+            ],
             url=state.url("pushgateway"),
         ),
         Part(
