@@ -551,20 +551,6 @@ def kill_tree(tree: list[tuple[int, int]]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def stop(part: Part) -> None:
-    """Stop `part` and everything it started, if it is still ours: SIGTERM to its process group (a
-    graceful stop), SIGKILL to what is left after STOP_TIMEOUT."""
-    if part.pid is None or not is_ours_and_alive(part):
-        return
-    tree = process_tree(part.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(part.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while any(process_start_ticks(p) == ticks for p, ticks in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    kill_tree(tree)
-
-
 def celery_ping(state: State, worker: str) -> bool:
     """`celery inspect ping` to one worker, through the stack's broker."""
     from celery import Celery
@@ -836,9 +822,21 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def stop_all(state: State) -> None:
-    """Stop every part, the last started first."""
-    for part in reversed(list(state.parts.values())):
-        stop(part)
+    """Stop every part: SIGTERM to all at once (a graceful stop each), SIGKILL to what is left after
+    STOP_TIMEOUT."""
+    leaders = [part.pid for part in state.parts.values() if part.pid is not None and is_ours_and_alive(part)]
+    trees = [process_tree(pid) for pid in leaders]
+    for pid in leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(
+        process_start_ticks(pid) == ticks for tree in trees for pid, ticks in tree
+    ):
+        time.sleep(0.2)
+    for tree in trees:
+        kill_tree(tree)
+    for part in state.parts.values():
         part.pid = None
         part.start_ticks = None
     state.save()

@@ -168,16 +168,27 @@ LINES_ON_DAYS = 3108 + 2109
 RUN_TIMEOUT_SECONDS = 420
 
 
-def backfill(stack: Stack, *, conf: dict[str, Any] | None = None, reprocess: bool = False) -> int:
-    """`airflow backfill create` over DAYS; the backfill's id."""
+def backfill(stack: Stack, *, conf: dict[str, Any] | None = None) -> int:
+    """`airflow backfill create` over DAYS, also over days that already ran (another test's backfill);
+    the backfill's id, once its runs exist."""
     args = ["backfill", "create", "--dag-id", "retail_etl", "--from-date", DAYS[0], "--to-date", DAYS[-1]]
     if conf:
         args += ["--dag-run-conf", json.dumps(conf)]
-    if reprocess:
-        args += ["--reprocess-behavior", "completed"]
+    # Without it, days that already have a run are skipped and the backfill has no runs at all.
+    args += ["--reprocess-behavior", "completed"]
+
+    def none_running() -> bool:
+        # One backfill per DAG at a time; the scheduler marks a finished one complete within ~30 s.
+        with stack.airflow_db() as db:
+            query = "SELECT count(*) FROM backfill WHERE dag_id = 'retail_etl' AND completed_at IS NULL"
+            (running,) = db.execute(query).fetchone()
+        return int(running) == 0
+
+    wait_for("the previous backfill marked complete", none_running, 120, 1.0)
     stack.airflow(*args)
     with stack.airflow_db() as db:
         (backfill_id,) = db.execute("SELECT max(id) FROM backfill WHERE dag_id = 'retail_etl'").fetchone()
+    assert len(run_states(stack, int(backfill_id))) == len(DAYS), f"backfill {backfill_id} created no runs"
     return int(backfill_id)
 
 

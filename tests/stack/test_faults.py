@@ -94,7 +94,7 @@ def test_a_worker_killed_mid_backfill_the_task_is_rerun_elsewhere_and_the_lake_i
     stack: Stack, unpaused_dag: str, reference_lake: str
 ) -> None:
     lake = f"s3://retail-lake/worker-killed-{secrets.token_hex(3)}"
-    backfill_id = backfill(stack, conf={"lake": lake}, reprocess=True)
+    backfill_id = backfill(stack, conf={"lake": lake})
     workers = {stack.pid(f"worker-{i}"): f"worker-{i}" for i in (1, 2)}
 
     def running_task() -> tuple[str, str, int, int, str] | None:
