@@ -26,7 +26,11 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
 }
+#: Issue 17's topology: the service's replicas behind nginx, and the lake's object store.
+REPLICAS = ("api-1", "api-2")
+TOPOLOGY = {*REPLICAS, "nginx", "s3"}
 
 
 def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -62,16 +66,17 @@ def test_the_compose_file_validates() -> None:
 
 def test_the_stack_has_postgres_the_service_and_airflow_3(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "api", *AIRFLOW_SERVICES, *MONITORING_AND_EVENTS}
+    assert set(services) == {"postgres", *TOPOLOGY, *AIRFLOW_SERVICES, *MONITORING_AND_EVENTS}
     assert {name: services[name].get("command") for name in AIRFLOW_SERVICES - {"airflow-init"}} == {
         "airflow-apiserver": "api-server",
         "airflow-scheduler": "scheduler",
         "airflow-dag-processor": "dag-processor",
         "airflow-triggerer": "triggerer",
+        "airflow-worker": "celery worker",
     }
     for name in AIRFLOW_SERVICES:
         env = services[name]["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres:5432/airflow"), name
         assert services[name]["build"]["dockerfile"] == "Dockerfile.airflow", name
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
@@ -81,7 +86,8 @@ def test_the_stack_has_postgres_the_service_and_airflow_3(compose: dict[str, Any
 
 def test_service_and_airflow_use_separate_databases(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["api"]["environment"]["DATABASE_URL"].endswith("@postgres:5432/retail")
+    for replica in REPLICAS:
+        assert services[replica]["environment"]["DATABASE_URL"].endswith("@postgres:5432/retail"), replica
     init_sql = (REPO / "deploy" / "postgres" / "01-databases.sql").read_text()
     assert re.search(r"CREATE DATABASE retail OWNER retail;", init_sql)
     assert re.search(r"CREATE DATABASE airflow OWNER airflow;", init_sql)
@@ -90,10 +96,11 @@ def test_service_and_airflow_use_separate_databases(compose: dict[str, Any]) -> 
 
 
 def test_the_service_is_health_checked_and_built_from_the_project(compose: dict[str, Any]) -> None:
-    api = compose["services"]["api"]
-    assert "/health" in " ".join(api["healthcheck"]["test"])
-    assert api["build"]["dockerfile"] == "Dockerfile"
-    assert compose["services"]["airflow-scheduler"]["depends_on"]["api"] == {"condition": "service_healthy"}
+    for replica in REPLICAS:
+        api = compose["services"][replica]
+        assert "/health" in " ".join(api["healthcheck"]["test"])
+        assert api["build"]["dockerfile"] == "Dockerfile"
+    assert compose["services"]["airflow-scheduler"]["depends_on"]["nginx"] == {"condition": "service_healthy"}
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "HEALTHCHECK" in dockerfile
     assert 'CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]' in dockerfile
@@ -108,9 +115,12 @@ def test_airflow_gets_the_connection_variables_and_pool_the_dag_needs(compose: d
     env = services["airflow-scheduler"]["environment"]
     conn = Connection.from_json(env["AIRFLOW_CONN_RETAIL_API"], conn_id="retail_api")
     # The key reaches Airflow's connection and the service alike.
-    assert conn.password == services["api"]["environment"]["API_KEY"] == "k-from-env"
-    assert load_dag_module().service_url(conn) == "http://api:8000"
-    assert env["AIRFLOW_VAR_RETAIL_LAKE"] == "/opt/retail/lake"
+    assert conn.password == services["api-1"]["environment"]["API_KEY"] == "k-from-env"
+    assert services["api-2"]["environment"]["API_KEY"] == "k-from-env"
+    # The DAG talks to nginx only, never to a replica.
+    assert load_dag_module().service_url(conn) == "http://nginx:80"
+    assert env["AIRFLOW_VAR_RETAIL_LAKE"] == "s3://retail-lake/lake"
+    assert env["AWS_ENDPOINT_URL"] == "http://s3:5000"
     assert env["AIRFLOW_VAR_RETAIL_SOURCE"].startswith("/opt/retail/source/")
 
     init = services["airflow-init"]
@@ -122,11 +132,66 @@ def test_airflow_gets_the_connection_variables_and_pool_the_dag_needs(compose: d
     assert script.index("airflow db migrate") < script.index("airflow pools set")
 
 
-def test_the_lake_is_a_named_volume_shared_with_the_tasks(compose: dict[str, Any]) -> None:
-    assert "retail-lake" in compose["volumes"]
-    scheduler_mounts = [str(m) for m in compose["services"]["airflow-scheduler"]["volumes"]]
-    assert "retail-lake:/opt/retail/lake:rw" in scheduler_mounts
-    assert any(m.endswith(":/opt/airflow/dags:ro") for m in scheduler_mounts)
+def test_the_lake_is_on_the_object_store_and_its_bucket_is_created_before_the_tasks(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["s3"]["image"].startswith("motoserver/moto:")
+    script = "\n".join(services["airflow-init"]["command"])
+    assert "fs.mkdir('retail-lake')" in script
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        mounts = [str(m) for m in services[name]["volumes"]]
+        assert any(m.endswith(":/opt/airflow/dags:ro") for m in mounts), name
+        assert not any("/opt/retail/lake" in m for m in mounts), name
+    assert "retail-lake" not in compose.get("volumes", {})
+
+
+def test_celery_workers_broker_results_and_lost_task_detection(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker = services["airflow-worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+    env = worker["environment"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("amqp://guest:guest@rabbitmq:5672/")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == (
+        "db+postgresql+psycopg://airflow:airflow@postgres:5432/airflow"
+    )
+    assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "True"
+    assert int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"]) <= 60
+    assert int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"]) <= 10
+    # Every Airflow component reads one definition (x-airflow-common), the workers included.
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        shared = {k: v for k, v in services[name]["environment"].items() if k.startswith("AIRFLOW__")}
+        assert shared == {k: v for k, v in env.items() if k.startswith("AIRFLOW__")}, name
+    dockerfile = (REPO / "Dockerfile.airflow").read_text()
+    assert '"/opt/retail-etl[stack]"' in dockerfile
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"apache-airflow-providers-celery==3.26.0"' in pyproject and '"celery==5.6.3"' in pyproject
+
+
+def test_nginx_balances_the_replicas_with_the_stack_scripts_config(compose: dict[str, Any]) -> None:
+    import importlib.util
+    import sys
+
+    services = compose["services"]
+    nginx = services["nginx"]
+    assert any(
+        str(m).endswith("deploy/nginx/compose.conf:/etc/nginx/nginx.conf:ro") for m in nginx["volumes"]
+    )
+    assert {name: services["nginx"]["depends_on"][name] for name in REPLICAS} == {
+        name: {"condition": "service_healthy"} for name in REPLICAS
+    }
+    # One definition of the proxy: the compose file's config is the local stack's, rendered for compose.
+    spec = importlib.util.spec_from_file_location("stack", REPO / "deploy" / "stack" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    stack = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("stack", stack)  # dataclasses look their module up by name
+    spec.loader.exec_module(stack)
+    conf = (REPO / "deploy" / "nginx" / "compose.conf").read_text()
+    assert conf == stack.compose_nginx_config()
+    for replica in REPLICAS:
+        assert f"server {replica}:8000 max_fails=1 fail_timeout=5s;" in conf
+    assert "proxy_next_upstream error timeout http_502 http_503;" in conf
 
 
 def test_the_connection_env_is_valid_json_in_the_file_itself() -> None:
@@ -136,8 +201,8 @@ def test_the_connection_env_is_valid_json_in_the_file_itself() -> None:
     parsed = json.loads(value.replace("${RETAIL_API_KEY:-dev-api-key}", "dev-api-key"))
     assert parsed == {
         "conn_type": "http",
-        "host": "api",
-        "port": 8000,
+        "host": "nginx",
+        "port": 80,
         "schema": "http",
         "password": "dev-api-key",
     }

@@ -88,13 +88,17 @@ def test_prometheus_scrapes_the_service_and_the_pushgateway_of_the_stack(
     services = compose["services"]
     jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
     targets = {name: job["static_configs"][0]["targets"] for name, job in jobs.items()}
-    assert targets["retail-api"] == ["api:8000"] and jobs["retail-api"].get("metrics_path") == "/metrics"
+    # Each replica directly, under its own `replica` label.
+    replicas = {c["labels"]["replica"]: c["targets"] for c in jobs["retail-api"]["static_configs"]}
+    assert replicas == {"api-1": ["api-1:8000"], "api-2": ["api-2:8000"]}
+    assert jobs["retail-api"].get("metrics_path") == "/metrics"
     # The pushed job/instance labels are the ones that count, not the gateway's.
     assert targets["pushgateway"] == ["pushgateway:9091"] and jobs["pushgateway"]["honor_labels"] is True
-    # docker-compose 1.29 prints short port syntax: "127.0.0.1:8000:8000/tcp" or a mapping.
+    # The service's public port is nginx's. docker-compose 1.29 prints short port syntax
+    # ("127.0.0.1:8000:80/tcp") or a mapping.
     assert any(
-        str(p.get("target") if isinstance(p, dict) else p).split("/")[0].endswith("8000")
-        for p in services["api"]["ports"]
+        (str(p.get("published")) == "8000") if isinstance(p, dict) else str(p).startswith("127.0.0.1:8000:")
+        for p in services["nginx"]["ports"]
     )
     assert services["pushgateway"]["image"].startswith("prom/pushgateway:")
     prometheus = services["prometheus"]
@@ -117,7 +121,8 @@ def test_the_service_gets_rabbitmq_redis_and_a_rate_limit_and_the_relay_runs_fro
     from api.core.config import Settings
 
     services = compose["services"]
-    api, relay = services["api"], services["outbox-relay"]
+    api, relay = services["api-1"], services["outbox-relay"]
+    assert services["api-2"]["environment"] == api["environment"]
     env = api["environment"]
     assert urlsplit(env["RABBITMQ_URL"]).hostname == "rabbitmq"
     assert urlsplit(env["REDIS_URL"]).hostname == "redis"
@@ -130,7 +135,7 @@ def test_the_service_gets_rabbitmq_redis_and_a_rate_limit_and_the_relay_runs_fro
     assert relay["command"] == ["python", "-m", "api.events.relay"]
     for key in ("DATABASE_URL", "RABBITMQ_URL"):
         assert relay["environment"][key] == env[key], key
-    assert relay["depends_on"]["api"] == {"condition": "service_healthy"}
+    assert relay["depends_on"]["api-1"] == {"condition": "service_healthy"}
     for dependency in ("rabbitmq", "redis"):
         assert api["depends_on"][dependency] == {"condition": "service_healthy"}, dependency
         assert services[dependency]["healthcheck"]["test"], dependency
@@ -231,7 +236,8 @@ def exported_by_the_job() -> set[str]:
 def test_every_metric_the_dashboard_and_the_alerts_query_is_exported(
     tmp_path: Path, prometheus_config: dict[str, Any]
 ) -> None:
-    service, job = exported_by_the_service(tmp_path), exported_by_the_job()
+    # `up` is Prometheus' own series of every scrape target (the replica-down alerts use it).
+    service, job = exported_by_the_service(tmp_path) | {"up"}, exported_by_the_job()
     assert service >= SERVICE_METRICS
     assert job >= JOB_METRICS
     scrape_jobs = {c["job_name"] for c in prometheus_config["scrape_configs"]}
@@ -264,3 +270,44 @@ def test_the_metric_name_parser_finds_names_and_skips_functions_labels_and_range
 def test_the_job_statuses_are_what_the_dashboard_and_alerts_expect() -> None:
     assert set(STATUSES) == {"reconciled", "failed"}
     assert any('status="failed"' in expr for expr in rule_exprs())
+
+
+def test_the_dashboard_has_per_replica_panels_that_do_not_overlap() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    (row,) = [p for p in panels if p["type"] == "row" and "replica" in p["title"].lower()]
+    in_row = [p for p in panels if p["type"] != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < 42]
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in in_row}
+    assert len(exprs) >= 4, exprs
+    # Each of them shows one series per replica: grouped by `replica`, or `up` (one per target).
+    for title, queries in exprs.items():
+        for expr in queries:
+            assert re.search(r"by \([^)]*\breplica\b", expr) or expr.startswith("up{"), (title, expr)
+            assert job_of(expr) == {"retail-api"}, (title, expr)
+        assert all(
+            "{{replica}}" in t["legendFormat"] for p in in_row if p["title"] == title for t in p["targets"]
+        )
+    # Grafana's grid is 24 wide; no two panels share a cell.
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        own = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not own & cells, panel["title"]
+        cells |= own
+
+
+def test_the_rules_alert_on_a_replica_down_by_its_label() -> None:
+    rules = {
+        r["alert"]: r
+        for g in yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    assert rules["RetailApiReplicaDown"]["expr"] == 'up{job="retail-api"} == 0'
+    assert "{{ $labels.replica }}" in rules["RetailApiReplicaDown"]["annotations"]["summary"]
+    assert rules["RetailApiAllReplicasDown"]["labels"]["severity"] == "critical"
