@@ -37,11 +37,14 @@ LAKE_ASSETS = {
 }
 
 # Every try of every task: a failure from the service or the lake is retried with growing waits
-# (1, 2, 4 min ...); errors that a retry cannot fix fail at once (see `_fail_without_retry`).
+# (5-10 s, then 10-20, 20-40, 40-80, 80-160 s: about 5 minutes in all); errors that a retry cannot fix
+# fail at once (see `_fail_without_retry`). The first wait is short because the usual cause of a failed
+# try is a lost worker (the job retries the service's faults itself): with the stack's 30 s heartbeat
+# timeout (docs/scale.md) a day whose worker died is rerun within about a minute.
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "retail-etl",
-    "retries": 3,
-    "retry_delay": dt.timedelta(minutes=1),
+    "retries": 5,
+    "retry_delay": dt.timedelta(seconds=5),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=15),
     "execution_timeout": dt.timedelta(minutes=30),

@@ -74,8 +74,11 @@ def test_the_schedule_fills_the_data_set_once_per_day(retail_dag) -> None:
 def test_every_task_retries_with_backoff_and_has_a_timeout(retail_dag) -> None:
     for task in retail_dag.tasks:
         assert task.retries >= 2, task.task_id
-        assert task.retry_delay >= dt.timedelta(seconds=30), task.task_id
+        assert dt.timedelta(seconds=1) <= task.retry_delay <= dt.timedelta(seconds=20), task.task_id
         assert task.retry_exponential_backoff >= 2, task.task_id
+        # The shortest waits of all retries together still outlast a service restart of a few minutes.
+        shortest = sum(task.retry_delay.total_seconds() * 2**n for n in range(task.retries))
+        assert shortest >= 120, task.task_id
         assert task.max_retry_delay is not None and task.max_retry_delay > task.retry_delay, task.task_id
         assert task.execution_timeout is not None, task.task_id
         assert dt.timedelta(minutes=5) <= task.execution_timeout <= dt.timedelta(hours=3), task.task_id
