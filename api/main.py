@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import arrow_pages
+from api.cache import make_cache
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
@@ -241,6 +242,12 @@ def _add_observability(app: FastAPI, settings: Settings) -> None:
     """JSON logs, request ids, rate limits and `/metrics` (see docs/design.md, "Metrics, logs ...")."""
     configure_logging(log_format=settings.LOG_FORMAT, level=settings.LOG_LEVEL)
     app.state.metrics = Metrics(app.state.engine, app.state.sessions)
+    app.state.cache = make_cache(
+        settings.REDIS_URL,
+        prefix=settings.CACHE_KEY_PREFIX,
+        ttl_seconds=settings.CACHE_TTL_SECONDS,
+        registry=app.state.metrics.own_registry,
+    )
     # Added last, so it is the outermost: it also counts and logs the 413s of BodySizeLimit.
     app.add_middleware(
         ObservabilityMiddleware,

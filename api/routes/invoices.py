@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from api import crud, schemas
-from api.deps import REQUIRE_API_KEY, InvoiceNoPath, SessionDep, StockCodePath
+from api import cache, crud, schemas
+from api.deps import REQUIRE_API_KEY, InvoiceNoPath, SessionDep, StockCodePath, reading
 
 router = APIRouter(tags=["invoices"], dependencies=REQUIRE_API_KEY)
 
@@ -17,22 +17,31 @@ router = APIRouter(tags=["invoices"], dependencies=REQUIRE_API_KEY)
     responses={200: {"description": "Identical replay: the stored invoice"}, 409: {}},
 )
 def create_invoice(
-    session: SessionDep, invoice: schemas.InvoiceWithCustomerCreate, response: Response
+    request: Request, session: SessionDep, invoice: schemas.InvoiceWithCustomerCreate, response: Response
 ) -> schemas.InvoicePublic:
     """Create an invoice; `customer_id` is optional (the way in for invoices without a customer)."""
     stored, created = crud.create_invoice(session, invoice=invoice, customer_id=invoice.customer_id)
-    if not created:
+    if created:
+        codes = (line["stock_code"] for line in invoice.lines)
+        cache.invalidate(request, cache.invoice_write_keys(invoice.invoice_no, [invoice.customer_id], codes))
+    else:
         response.status_code = status.HTTP_200_OK
     return stored
 
 
+# A coroutine that awaits the cache and reads the database in the thread pool (see customers.py).
 @router.get("/invoice/{invoice_no}", response_model=schemas.InvoicePublic)
-def read_invoice(session: SessionDep, invoice_no: InvoiceNoPath) -> schemas.InvoicePublic:
+async def read_invoice(request: Request, invoice_no: InvoiceNoPath) -> Response:
     """One invoice with all its lines."""
-    invoice = crud.get_invoice(session, invoice_no=invoice_no)
-    if invoice is None:
+    found = await cache.read_through(
+        request,
+        cache.invoice_key(invoice_no),
+        resource="invoice",
+        load=reading(request, crud.read_invoice_json, invoice_no=invoice_no),
+    )
+    if found is None:
         raise HTTPException(status_code=404, detail=f"invoice {invoice_no} not found")
-    return invoice
+    return found.response()
 
 
 @router.post(
@@ -42,6 +51,7 @@ def read_invoice(session: SessionDep, invoice_no: InvoiceNoPath) -> schemas.Invo
     responses={200: {"description": "Replay of a line with the same line_no and data"}, 404: {}, 409: {}},
 )
 def add_invoice_line(
+    request: Request,
     session: SessionDep,
     invoice_no: InvoiceNoPath,
     stockcode: StockCodePath,
@@ -50,7 +60,10 @@ def add_invoice_line(
 ) -> schemas.LinePublic:
     """Add a line with this stock code to the invoice; without `line_no` it gets the next number."""
     stored, created = crud.add_line(session, invoice_no=invoice_no, stock_code=stockcode, line=line)
-    if not created:
+    if created:
+        # The invoice's customer does not change, nor does its list of invoices.
+        cache.invalidate(request, cache.invoice_write_keys(invoice_no, [], [stockcode]))
+    else:
         response.status_code = status.HTTP_200_OK
     return stored
 
