@@ -21,13 +21,13 @@ refused. A reader that got its lease after the invalidation read the database af
 that expired or was overwritten by a later miss is refused too: every failure mode refuses to store,
 none stores a stale value (unlike generation counters, an evicted key cannot bring back an old entry).
 
-Redis unreachable or failing: the request is served from the database (never an error), a warning is
-logged at most once per `RETRY_SECONDS`, and Redis is not asked again until then. An invalidation that
-could not reach Redis leaves entries that may be stale: the process then bypasses the cache, and the
-first time Redis answers again it increments the cache's *epoch*, a number that is part of every key,
-which retires every entry at once (old ones expire with their TTL). Other processes could read such an
-entry in the time between Redis coming back and that increment; a single Redis is assumed (a replica
-promoted with unreplicated deletes would equally lose invalidations).
+Redis unreachable, failing or slower than `TIMEOUT_SECONDS`: the request is served from the database
+(never an error), a warning is logged at most once per `RETRY_SECONDS`, and Redis is not asked again
+until then. An invalidation that could not reach Redis leaves entries that may be stale: the process
+then bypasses the cache, and the first time Redis answers again it increments the cache's *epoch*, a
+number that is part of every key, which retires every entry at once (old ones expire with their TTL).
+Other processes could read such an entry in the time between Redis coming back and that increment; a
+single Redis is assumed (a replica promoted with unreplicated deletes would equally lose invalidations).
 
 All keys start with `CACHE_KEY_PREFIX`; tests and deployments sharing a Redis use different prefixes.
 """
@@ -53,8 +53,12 @@ logger = logging.getLogger(__name__)
 
 #: After Redis failed, the cache is bypassed for this long before Redis is tried again.
 RETRY_SECONDS = 5.0
-#: Redis must answer within this; a slow cache must not slow the service down.
-TIMEOUT_SECONDS = 0.5
+#: A cache operation must be done within this (connecting: CONNECT_TIMEOUT_SECONDS). It includes the
+#: wait for the event loop: with 0.5 s, a worker saturated by 64 connections (p99 latency ~0.5 s in
+#: benchmarks/api_throughput.py) took its own queueing for a dead Redis and bypassed the cache.
+TIMEOUT_SECONDS = 1.5
+#: Opening a connection to Redis must take no longer than this.
+CONNECT_TIMEOUT_SECONDS = 0.5
 #: A miss's lease lives this long: a reader slower than this between miss and store stores nothing.
 LEASE_MILLISECONDS = 10_000
 #: Keys per invalidation script: the script blocks Redis while it runs, so a bulk write's thousands of
@@ -244,12 +248,12 @@ class ResourceCache:
             from redis.backoff import NoBackoff
 
             # No retries inside the client: a failure opens the breaker (`_failed`) instead of
-            # making the request wait for three more attempts.
+            # making the request wait for three more attempts. No socket timeout either: redis-py
+            # implements it with a task per command (`asyncio.wait_for`), a large part of a cached
+            # GET's time; each call is bounded by `asyncio.timeout` instead (a cancelled command
+            # closes its connection, so no reply is ever read by the wrong command).
             self._async_client = aioredis.Redis.from_url(
-                self.url,
-                socket_connect_timeout=TIMEOUT_SECONDS,
-                socket_timeout=TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),
+                self.url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
             )
             # EVALSHA with the script's digest; the script text only when Redis does not know it yet.
             self._async_scripts = {
@@ -268,7 +272,7 @@ class ResourceCache:
 
                 self._sync_client = redis.Redis.from_url(
                     self.url,
-                    socket_connect_timeout=TIMEOUT_SECONDS,
+                    socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
                     socket_timeout=TIMEOUT_SECONDS,
                     retry=Retry(NoBackoff(), 0),
                 )
