@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Row,
     String,
     Table,
@@ -276,13 +277,14 @@ def get_customer(session: Session, *, customer_id: str) -> schemas.CustomerPubli
     return schemas.CustomerPublic(customer_id=customer.customer_id, country=customer.country)
 
 
-def read_customer_json(session: Session, *, customer_id: str) -> bytes | None:
+def read_customer_json(connection: Connection, *, customer_id: str) -> bytes | None:
     """The stored customer as the JSON of `CustomerPublic`, or None.
 
-    A resource GET returns these bytes as they are (and the cache keeps them): one Core query and one
-    orjson call instead of ORM loading and response-model validation.
+    A resource GET returns these bytes as they are (and the cache keeps them): one Core query on a plain
+    connection and one orjson call, instead of an ORM session (~55 µs a request on SQLite), ORM loading
+    and response-model validation.
     """
-    row = session.connection().execute(_CUSTOMER_BY_ID, {"customer_id": customer_id}).first()
+    row = connection.execute(_CUSTOMER_BY_ID, {"customer_id": customer_id}).first()
     if row is None:
         return None
     return orjson.dumps({"customer_id": row.customer_id, "country": row.country})
@@ -416,10 +418,9 @@ def get_invoice(session: Session, *, invoice_no: str) -> schemas.InvoicePublic |
     return schemas.InvoicePublic.model_validate(_invoices_with_lines(session, [header])[0])
 
 
-def read_invoice_json(session: Session, *, invoice_no: str) -> bytes | None:
+def read_invoice_json(connection: Connection, *, invoice_no: str) -> bytes | None:
     """The stored invoice with its lines as the JSON of `InvoicePublic` (spelled as `_page_json`
     spells a page's invoices), or None. Both reads are in one transaction: the lines match the header."""
-    connection = session.connection()
     header = connection.execute(_INVOICE_BY_NO, {"invoice_no": invoice_no}).first()
     if header is None:
         return None

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import models, schemas
@@ -41,6 +42,18 @@ def reading(request: Request, read: Callable[..., T], **arguments: Any) -> Calla
     def run() -> T:
         with request.app.state.sessions() as session:
             return read(session, **arguments)
+
+    return run
+
+
+def reading_rows(request: Request, read: Callable[..., T], **arguments: Any) -> Callable[[], T]:
+    """`read(connection, **arguments)` on a connection of its own (one transaction), as a call for the
+    thread pool: `reading` without the ORM session, for the reads that need none."""
+
+    def run() -> T:
+        engine: Engine = request.app.state.engine
+        with engine.connect() as connection:
+            return read(connection, **arguments)
 
     return run
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy.orm import Session
 
 from api import cache, crud, schemas
-from api.deps import REQUIRE_API_KEY, CustomerIdPath, SessionDep, reading
+from api.deps import REQUIRE_API_KEY, CustomerIdPath, SessionDep, reading, reading_rows
 
 router = APIRouter(tags=["customers"], dependencies=REQUIRE_API_KEY)
 
@@ -31,8 +31,9 @@ def create_customer(
 
 
 # Resource GETs are coroutines that only await the cache and hand the database read to the thread
-# pool once (`reading`): a plain `def` handler with its dependencies and response validation costs
-# several thread hops per request. They return the JSON as bytes; `response_model` documents it.
+# pool once (`reading_rows`, `reading`): a plain `def` handler with its dependencies and response
+# validation costs several thread hops per request. They return the JSON as bytes; `response_model`
+# documents it.
 @router.get("/customer/{customer_id}", response_model=schemas.CustomerPublic)
 async def read_customer(request: Request, customer_id: CustomerIdPath) -> Response:
     """One customer."""
@@ -40,7 +41,7 @@ async def read_customer(request: Request, customer_id: CustomerIdPath) -> Respon
         request,
         cache.customer_key(customer_id),
         resource="customer",
-        load=reading(request, crud.read_customer_json, customer_id=customer_id),
+        load=reading_rows(request, crud.read_customer_json, customer_id=customer_id),
     )
     if found is None:
         raise HTTPException(status_code=404, detail=f"customer {customer_id} not found")

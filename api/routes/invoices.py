@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api import cache, crud, schemas
-from api.deps import REQUIRE_API_KEY, InvoiceNoPath, SessionDep, StockCodePath, reading
+from api.deps import REQUIRE_API_KEY, InvoiceNoPath, SessionDep, StockCodePath, reading_rows
 
 router = APIRouter(tags=["invoices"], dependencies=REQUIRE_API_KEY)
 
@@ -37,7 +37,7 @@ async def read_invoice(request: Request, invoice_no: InvoiceNoPath) -> Response:
         request,
         cache.invoice_key(invoice_no),
         resource="invoice",
-        load=reading(request, crud.read_invoice_json, invoice_no=invoice_no),
+        load=reading_rows(request, crud.read_invoice_json, invoice_no=invoice_no),
     )
     if found is None:
         raise HTTPException(status_code=404, detail=f"invoice {invoice_no} not found")
