@@ -155,6 +155,117 @@ def test_every_write_invalidates_what_it_changes_before_it_answers(
         assert value(scrape(client), "retail_cache_invalidations_total") > 0
 
 
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+def test_put_patch_and_delete_invalidate_before_they_answer(
+    sqlite_url: str, redis_url: str, prefix: str
+) -> None:
+    with cached_client(sqlite_url, redis_url, prefix) as client:
+        store_sample(client)  # 17850 with 536365: lines of 85123A and 71053
+        assert client.post("/customer", json={"customer_id": "12346", "country": "France"}).status_code == 201
+        links = {"17850": "/customer/17850/invoice", "12346": "/customer/12346/invoice"}
+        codes = {code: f"/stockcode/{code}" for code in ("85123A", "71053", "22752")}
+
+        # The customer's PUT and PATCH.
+        warm(client, ["/customer/17850"])
+        assert client.put("/customer/17850", json={"country": "EIRE"}).status_code == 200
+        assert client.get("/customer/17850").json()["country"] == "EIRE"
+        warm(client, ["/customer/17850"])
+        assert (
+            client.patch("/customer/17850", json={"country": "Germany"}, headers=MERGE_PATCH).status_code
+            == 200
+        )
+        assert client.get("/customer/17850").json()["country"] == "Germany"
+
+        # PUT moves the invoice to another customer and replaces its lines: the invoice, both customers'
+        # links, and the old codes' and the new code's summaries.
+        watched = ["/invoice/536365", *links.values(), codes["85123A"], codes["71053"]]
+        warm(client, watched)
+        assert client.get(codes["22752"]).status_code == 404  # a code no line carries
+        body = {"invoice_date": "2010-12-01T08:26:00", "customer_id": "12346", "lines": [line("22752")]}
+        assert client.put("/invoice/536365", json=body).status_code == 200
+        moved = client.get("/invoice/536365").json()
+        assert moved["customer_id"] == "12346" and moved["country"] == "France"
+        assert [item["stock_code"] for item in moved["lines"]] == ["22752"]
+        assert client.get(links["17850"]).json() == {}
+        assert client.get(links["12346"]).json() == {"id_536365": "/invoice/536365"}
+        assert client.get(codes["85123A"]).status_code == 404
+        assert client.get(codes["71053"]).status_code == 404
+        assert client.get(codes["22752"]).json()["line_count"] == 1
+
+        # PATCH moves it back with two other lines: the same keys, from the other side.
+        watched = ["/invoice/536365", *links.values(), codes["22752"]]
+        warm(client, watched)
+        patch = {"customer_id": "17850", "country": None, "lines": [line("85123A"), line("71053")]}
+        assert client.patch("/invoice/536365", json=patch, headers=MERGE_PATCH).status_code == 200
+        back = client.get("/invoice/536365").json()
+        assert back["customer_id"] == "17850" and back["country"] == "Germany"
+        assert client.get(links["17850"]).json() == {"id_536365": "/invoice/536365"}
+        assert client.get(links["12346"]).json() == {}
+        assert client.get(codes["22752"]).status_code == 404
+        assert client.get(codes["85123A"]).json()["line_count"] == 1
+
+        # DELETE of the lines of one stock code: the invoice and that code's summary.
+        warm(client, ["/invoice/536365", codes["85123A"], codes["71053"]])
+        assert client.delete("/invoice/536365/85123A/").status_code == 204
+        assert [item["stock_code"] for item in client.get("/invoice/536365").json()["lines"]] == ["71053"]
+        assert client.get(codes["85123A"]).status_code == 404
+
+        # DELETE of the invoice: it, its customer's links, the codes of its lines.
+        warm(client, ["/invoice/536365", links["17850"], codes["71053"]])
+        assert client.delete("/invoice/536365").status_code == 204
+        assert client.get("/invoice/536365").status_code == 404
+        assert client.get(links["17850"]).json() == {}
+        assert client.get(codes["71053"]).status_code == 404
+
+        # DELETE of a customer: it and its links.
+        warm(client, ["/customer/12346", links["12346"]])
+        assert client.delete("/customer/12346").status_code == 204
+        assert client.get("/customer/12346").status_code == 404
+        assert client.get(links["12346"]).status_code == 404
+        # Every GET above after its write was a miss: none of them was answered by a stale entry.
+        assert value(scrape(client), "retail_cache_invalidations_total") > 0
+
+
+def test_a_cached_entry_answers_etags_304_and_head_as_the_database_does(
+    sqlite_url: str, redis_url: str, prefix: str
+) -> None:
+    with cached_client(sqlite_url, redis_url, prefix) as client:
+        store_sample(client)
+        with TestClient(create_app(make_settings(sqlite_url)), headers=AUTH) as uncached:
+            for resource, path in RESOURCES:
+                from_database = uncached.get(path)
+                client.get(path)
+                hits = counts(client, resource)[0]
+                cached = client.get(path)
+                assert counts(client, resource)[0] == hits + 1, "answered from the cache"
+                tag = from_database.headers["etag"]
+                assert cached.headers["etag"] == tag, path
+                # If-None-Match on a hit: 304 with the tag, no body; a stale tag gets the body.
+                not_modified = client.get(path, headers={"If-None-Match": tag})
+                assert (not_modified.status_code, not_modified.content) == (304, b"")
+                assert not_modified.headers["etag"] == tag
+                assert client.get(path, headers={"If-None-Match": '"stale"'}).content == from_database.content
+                # HEAD on a hit: the GET's headers without the body.
+                head, head_uncached = client.head(path), uncached.head(path)
+                assert head.status_code == head_uncached.status_code == 200
+                assert head.content == b""
+                for header in ("etag", "content-length", "content-type"):
+                    assert head.headers[header] == head_uncached.headers[header], (path, header)
+                assert client.head(path, headers={"If-None-Match": tag}).status_code == 304
+
+        # After a write, the tag a client kept no longer matches: the new body with its new tag.
+        old_tag = client.get("/customer/17850").headers["etag"]
+        assert client.put("/customer/17850", json={"country": "EIRE"}).status_code == 200
+        fresh = client.get("/customer/17850", headers={"If-None-Match": old_tag})
+        assert fresh.status_code == 200 and fresh.json()["country"] == "EIRE"
+        assert fresh.headers["etag"] != old_tag
+        assert (
+            client.get("/customer/17850", headers={"If-None-Match": fresh.headers["etag"]}).status_code == 304
+        )
+
+
 def new_cache(url: str, prefix: str, **kwargs: Any) -> ResourceCache:
     return ResourceCache(
         url, prefix=prefix, ttl_seconds=60, metrics=CacheMetrics(CollectorRegistry()), **kwargs
