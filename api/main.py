@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import arrow_pages
 from api.auth import token
 from api.auth.deps import Authenticator, RateLimitExceeded
+from api.cache import make_cache
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
 from api.core.memory import limit_heap_retention
@@ -300,6 +301,12 @@ def _add_observability(app: FastAPI, settings: Settings) -> None:
     app.state.metrics = Metrics(app.state.engine, app.state.sessions)
     app.state.limiter = make_limiter(
         settings.RATE_LIMIT, settings.REDIS_URL, prefix=settings.REDIS_KEY_PREFIX
+    )
+    app.state.cache = make_cache(
+        settings.REDIS_URL,
+        prefix=settings.CACHE_KEY_PREFIX,
+        ttl_seconds=settings.CACHE_TTL_SECONDS,
+        registry=app.state.metrics.own_registry,
     )
     # Added last, so it is the outermost: it also counts and logs the 413s of BodySizeLimit.
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics, routes=app.router.routes)

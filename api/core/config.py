@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     #: The tokens' `iss` and `aud` claims: a token is accepted only by the service that issued it.
     TOKEN_ISSUER: str = Field(default="retail-api", min_length=1)
     TOKEN_AUDIENCE: str = Field(default="retail-api", min_length=1)
+    # --- the resource cache (api/cache.py), on when REDIS_URL is set.
+    #: How long a cached resource GET lives; writes invalidate it earlier. 0: no cache.
+    CACHE_TTL_SECONDS: float = Field(default=300.0, ge=0)
+    #: Prefix of the cache's keys in Redis: one per deployment sharing a Redis.
+    CACHE_KEY_PREFIX: str = Field(default="retail:cache", min_length=1)
 
     @field_validator("RATE_LIMIT")
     @classmethod

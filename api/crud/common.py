@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import ColumnElement, Row, String, Table, any_, select, text
+from sqlalchemy import ColumnElement, Connection, Row, String, Table, any_, select, text
 from sqlalchemy import cast as cast_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -66,6 +67,21 @@ INVOICES = cast(Table, Invoice.__table__)
 
 
 INVOICE_LINES = cast(Table, InvoiceLine.__table__)
+
+
+def connection_of(db: Session | Connection) -> Connection:
+    """The connection a read runs on: a session's own, or the plain connection given."""
+    return db.connection() if isinstance(db, Session) else db
+
+
+@dataclass
+class Touched:
+    """What an invoice write changed besides the invoice it names, filled in under the write's lock with
+    the state before and after it: the customers whose invoice links and the stock codes whose summaries
+    it may have made stale (the cache invalidates them: `api.cache.invoice_write_keys`)."""
+
+    customer_ids: set[str | None] = field(default_factory=set)
+    stock_codes: set[str] = field(default_factory=set)
 
 
 @contextmanager

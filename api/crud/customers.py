@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -35,10 +35,21 @@ def _stored(session: Session, customer_id: str, *, for_update: bool = False) -> 
     return (row[0], row[1]) if row is not None else None
 
 
-def read_customer_json(session: Session, *, customer_id: str) -> bytes | None:
-    """The stored customer as JSON (`customer_json`), or None."""
-    stored = _stored(session, customer_id)
-    return customer_json(*stored) if stored is not None else None
+# The resource GET's statement, built once: building a select per request (column comparisons, clause
+# objects) cost about as much as running it on SQLite.
+_CUSTOMER_BY_ID = select(Customer.customer_id, Customer.country).where(
+    Customer.customer_id == bindparam("customer_id")
+)
+
+
+def read_customer_json(db: Session | Connection, *, customer_id: str) -> bytes | None:
+    """The stored customer as JSON (`customer_json`), or None.
+
+    The resource GET passes a plain pooled connection (`api.deps.reading_rows`): no ORM session to
+    build per request (~55 µs on SQLite); the cache keeps these bytes.
+    """
+    row = common.connection_of(db).execute(_CUSTOMER_BY_ID, {"customer_id": customer_id}).first()
+    return customer_json(row[0], row[1]) if row is not None else None
 
 
 def create_customer(session: Session, *, customer: schemas.CustomerCreate) -> tuple[bytes, bool]:

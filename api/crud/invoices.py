@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -50,12 +50,44 @@ def _invoice_document(session: Session, header: common.AnyRow) -> dict[str, Any]
     return common.invoices_with_lines(session, [header])[0]
 
 
-def read_invoice_json(session: Session, *, invoice_no: str) -> bytes | None:
-    """The stored invoice with its lines as JSON (`InvoicePublic`), or None."""
-    header = _header(session, invoice_no)
+# The resource GET's statements, built once: building a select per request cost about as much as
+# running it on SQLite.
+_INVOICE_BY_NO = select(*common.INVOICE_COLUMNS).where(Invoice.invoice_no == bindparam("invoice_no"))
+_LINES_OF_INVOICE = (
+    select(*common.LINE_COLUMNS)
+    .where(InvoiceLine.invoice_no == bindparam("invoice_no"))
+    .order_by(InvoiceLine.line_no)
+)
+
+
+def read_invoice_json(db: Session | Connection, *, invoice_no: str) -> bytes | None:
+    """The stored invoice with its lines as JSON (`InvoicePublic`, the bytes `_invoice_document`
+    gives), or None. Both reads are in one transaction, so the lines match the header.
+
+    The resource GET passes a plain pooled connection (`api.deps.reading_rows`); the cache keeps
+    these bytes.
+    """
+    connection = common.connection_of(db)
+    header = connection.execute(_INVOICE_BY_NO, {"invoice_no": invoice_no}).first()
     if header is None:
         return None
-    return to_json(_invoice_document(session, header))
+    lines = [
+        common.line_public(row) for row in connection.execute(_LINES_OF_INVOICE, {"invoice_no": invoice_no})
+    ]
+    return to_json(common.invoice_dict(header, lines))
+
+
+def _touch(session: Session, touched: common.Touched | None, invoice_no: str) -> None:
+    """Add the stored invoice's customer and its lines' stock codes to `touched` (if given)."""
+    if touched is None:
+        return
+    header = _header(session, invoice_no)
+    if header is None:
+        return
+    touched.customer_ids.add(header.customer_id)
+    touched.stock_codes.update(
+        session.scalars(select(InvoiceLine.stock_code).where(InvoiceLine.invoice_no == invoice_no).distinct())
+    )
 
 
 def _require_precondition(
@@ -136,9 +168,11 @@ def replace_invoice(
     invoice: schemas.InvoiceReplace,
     if_match: str | None = None,
     if_none_match: str | None = None,
+    touched: common.Touched | None = None,
 ) -> tuple[bytes, bool]:
     """PUT: store the invoice as given, its lines replacing the stored ones as a whole; creates it when
-    missing. Returns the invoice as JSON and whether it was created.
+    missing. Returns the invoice as JSON and whether it was created; `touched` gets the customers and
+    stock codes of the invoice before and after.
 
     The content hash is recomputed; a change emits `invoice.updated`, a creation `invoice.created`, an
     identical PUT changes and emits nothing.
@@ -146,7 +180,9 @@ def replace_invoice(
     with common.writing(session):
         header = _header(session, invoice_no, for_update=True)
         _require_precondition(session, header, if_match=if_match, if_none_match=if_none_match)
+        _touch(session, touched, invoice_no)
         created = _replace_locked(session, invoice_no, header, invoice)
+        _touch(session, touched, invoice_no)
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None
     return stored, created
@@ -205,9 +241,17 @@ def _replace_locked(
 _NOT_PATCHED = ("invoice_no", "invoice_day", "customer")
 
 
-def patch_invoice(session: Session, *, invoice_no: str, patch: Any, if_match: str | None = None) -> bytes:
+def patch_invoice(
+    session: Session,
+    *,
+    invoice_no: str,
+    patch: Any,
+    if_match: str | None = None,
+    touched: common.Touched | None = None,
+) -> bytes:
     """PATCH: merge `patch` (RFC 7396) into the stored invoice's representation and store the result as
-    PUT would (`lines`, an array, is replaced whole); returns the invoice as JSON.
+    PUT would (`lines`, an array, is replaced whole); returns the invoice as JSON, and `touched` gets the
+    customers and stock codes before and after.
 
     The result must be a valid invoice (InvalidBodyError / InvalidInputError naming the field);
     `invoice_day` and `customer` follow `invoice_date` and `customer_id`.
@@ -229,19 +273,25 @@ def patch_invoice(session: Session, *, invoice_no: str, patch: Any, if_match: st
         # The body is checked first: a bad patch is 422 whatever its If-Match.
         invoice = common.validate_body(schemas.InvoiceReplace, merged)
         _require_precondition(session, header, if_match=if_match)
+        _touch(session, touched, invoice_no)
         _replace_locked(session, invoice_no, header, invoice)
+        _touch(session, touched, invoice_no)
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None
     return stored
 
 
-def delete_invoice(session: Session, *, invoice_no: str, if_match: str | None = None) -> None:
-    """DELETE: remove the invoice with its lines and emit `invoice.deleted` (its header as it was)."""
+def delete_invoice(
+    session: Session, *, invoice_no: str, if_match: str | None = None, touched: common.Touched | None = None
+) -> None:
+    """DELETE: remove the invoice with its lines and emit `invoice.deleted` (its header as it was);
+    `touched` gets its customer and stock codes."""
     with common.writing(session):
         header = _header(session, invoice_no, for_update=True)
         if header is None:
             raise NotFoundError(f"invoice {invoice_no} not found")
         _require_precondition(session, header, if_match=if_match)
+        _touch(session, touched, invoice_no)
         totals = session.execute(
             select(InvoiceLine.quantity, InvoiceLine.unit_price).where(InvoiceLine.invoice_no == invoice_no)
         )

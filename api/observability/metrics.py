@@ -107,6 +107,8 @@ class Metrics:
         # In multiprocess mode values go to files, and the scrape reads every worker's files.
         self.registry = CollectorRegistry()
         own = None if self.multiprocess_dir else self.registry
+        #: Where this app's other counters register (None in multiprocess mode: they go to files).
+        self.own_registry = own
         self.requests = Counter(
             "retail_http_requests_total", "HTTP requests answered", HTTP_LABELS, registry=own
         )

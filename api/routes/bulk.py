@@ -6,11 +6,13 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from api import arrow_pages, arrow_writes, models, schemas
+from api import arrow_pages, arrow_writes, cache, models, schemas
 from api.auth.security import READ
 from api.core.fastjson import OrjsonRoute
 from api.crud import customers, invoice_pages, invoice_store
@@ -47,10 +49,17 @@ CustomerCursorQuery = Annotated[
 
 @router.post("/bulk/customers", response_model=schemas.BulkCustomersResult)
 def bulk_create_customers(
-    session: SessionDep, body: schemas.BulkCustomersCreate
+    request: Request, session: SessionDep, body: schemas.BulkCustomersCreate
 ) -> schemas.BulkCustomersResult:
     """Create the customers not stored yet; stored ones stay, differing countries are listed."""
-    return customers.bulk_create_customers(session, customers=body.customers)
+    result = customers.bulk_create_customers(session, customers=body.customers)
+    if result.created and cache.cache_of(request) is not None:
+        # The result counts, it does not name: every id of the body, a superset of those created.
+        cache.invalidate(
+            request,
+            (key for customer in body.customers for key in cache.customer_write_keys(customer.customer_id)),
+        )
+    return result
 
 
 async def _raw_body(request: Request) -> bytes:
@@ -58,7 +67,7 @@ async def _raw_body(request: Request) -> bytes:
 
 
 def bulk_create_invoices_arrow(
-    session: SessionDep, body: Annotated[bytes, Depends(_raw_body)]
+    request: Request, session: SessionDep, body: Annotated[bytes, Depends(_raw_body)]
 ) -> schemas.BulkInvoicesResult:
     """`POST /bulk/invoices` with an Arrow IPC stream body (api.arrow_writes); answers as JSON does."""
     try:
@@ -68,8 +77,24 @@ def bulk_create_invoices_arrow(
     result = invoice_store.store_invoices(
         session, invoices, unknown_customer=invoice_store.unknown_bulk_customer
     )
+    if result.created and cache.cache_of(request) is not None:
+        cache.invalidate(request, _created_keys_arrow(invoices, set(result._created_nos)))
     _log_bulk_result(result)
     return result
+
+
+def _created_keys_arrow(batch: invoice_store.InvoicesToStore, created: set[str]) -> list[str]:
+    """The cache keys the invoices created from an Arrow body make stale."""
+    assert isinstance(batch.lines, pa.Table)
+    indexes = [index for index, invoice in enumerate(batch.invoices) if invoice.invoice_no in created]
+    keys = [cache.invoice_key(batch.invoices[index].invoice_no) for index in indexes]
+    customers = {batch.invoices[index].customer_id for index in indexes}
+    keys += [cache.customer_invoices_key(customer_id) for customer_id in customers if customer_id]
+    lines = batch.lines.filter(
+        pc.is_in(batch.lines.column("invoice"), value_set=pa.array(indexes, pa.int64()))
+    )
+    keys += [cache.stock_code_key(code) for code in pc.unique(lines.column("stock_code")).to_pylist()]
+    return keys
 
 
 class BulkInvoicesRoute(OrjsonRoute):
@@ -111,9 +136,24 @@ _ARROW_BODY_DESCRIPTION = (
 )
 
 
-def bulk_create_invoices(session: SessionDep, body: schemas.BulkInvoicesCreate) -> schemas.BulkInvoicesResult:
+def bulk_create_invoices(
+    request: Request, session: SessionDep, body: schemas.BulkInvoicesCreate
+) -> schemas.BulkInvoicesResult:
     """Create many invoices with their lines in one transaction; replaying a batch stores nothing new."""
     result = invoice_store.bulk_create_invoices(session, invoices=body.invoices)
+    if result.created and cache.cache_of(request) is not None:
+        created = set(result._created_nos)
+        cache.invalidate(
+            request,
+            (
+                key
+                for invoice in body.invoices
+                if invoice.invoice_no in created
+                for key in cache.invoice_write_keys(
+                    invoice.invoice_no, [invoice.customer_id], (line["stock_code"] for line in invoice.lines)
+                )
+            ),
+        )
     _log_bulk_result(result)
     return result
 

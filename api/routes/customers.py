@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Body, Request, Response, status
+from sqlalchemy.orm import Session
 
-from api import schemas
+from api import cache, schemas
 from api.core import etag
 from api.crud import customers as crud
 from api.crud import invoices as invoice_crud
-from api.deps import CustomerIdPath, SecuredRouter, SessionDep
+from api.deps import CustomerIdPath, SecuredRouter, SessionDep, reading, reading_rows
 from api.errors import NotFoundError
 from api.routes.contract import (
     DATA_ROUTE_ERRORS,
@@ -31,23 +32,35 @@ router = SecuredRouter(tags=["customers"], responses=DATA_ROUTE_ERRORS)
     status_code=status.HTTP_201_CREATED,
     responses={200: {"description": "Identical replay: the stored customer"}, **errors(409)},
 )
-def create_customer(session: SessionDep, customer: schemas.CustomerCreate) -> Response:
+def create_customer(request: Request, session: SessionDep, customer: schemas.CustomerCreate) -> Response:
     """Create a customer; replaying the same body returns it with 200, another country is 409."""
     body, created = crud.create_customer(session, customer=customer)
+    if created:
+        cache.invalidate(request, cache.customer_write_keys(customer.customer_id))
     return etag.json_response(body, status_code=201 if created else 200)
 
 
 @get_with_head(
     router, "/customer/{customer_id}", response_model=schemas.CustomerPublic, responses=errors(404)
 )
-def read_customer(
-    request: Request, session: SessionDep, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+async def read_customer(
+    request: Request, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
 ) -> Response:
     """One customer, with its ETag; 304 when `If-None-Match` names it."""
-    body = crud.read_customer_json(session, customer_id=customer_id)
-    if body is None:
+    # Resource GETs are coroutines that await the cache and hand the database read to the thread pool
+    # once (`reading_rows`, `reading`): a plain `def` handler with a session dependency costs several
+    # thread hops per request. A cached entry carries the ETag of its bytes, so a hit answers 304 and
+    # HEAD exactly as a read from the database does.
+    found = await cache.read_through(
+        request,
+        cache.customer_key(customer_id),
+        resource="customer",
+        load=reading_rows(request, crud.read_customer_json, customer_id=customer_id),
+        etag=etag.etag_of,
+    )
+    if found is None:
         raise NotFoundError(f"customer {customer_id} not found")
-    return etag.json_response(body, method=request.method, if_none_match=if_none_match)
+    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)
 
 
 @router.put(
@@ -56,6 +69,7 @@ def read_customer(
     responses={201: {"description": "Created: there was no such customer"}, **errors(409, 412)},
 )
 def replace_customer(
+    request: Request,
     session: SessionDep,
     customer_id: CustomerIdPath,
     customer: schemas.CustomerReplace,
@@ -67,6 +81,8 @@ def replace_customer(
     body, created = crud.replace_customer(
         session, customer_id=customer_id, customer=customer, if_match=if_match, if_none_match=if_none_match
     )
+    # After the commit, before the answer: no read that starts after it sees the customer as it was.
+    cache.invalidate(request, cache.customer_write_keys(customer_id))
     return etag.json_response(body, status_code=201 if created else 200)
 
 
@@ -77,6 +93,7 @@ def replace_customer(
     openapi_extra=merge_patch_body(merge_patch_schema(schemas.CustomerReplace), {"country": "Germany"}),
 )
 def patch_customer(
+    request: Request,
     session: SessionDep,
     customer_id: CustomerIdPath,
     patch: Annotated[dict[str, Any], Body(include_in_schema=False)],
@@ -84,6 +101,7 @@ def patch_customer(
 ) -> Response:
     """Change the customer with a JSON merge patch (RFC 7396): `{"country": "Germany"}`."""
     body = crud.patch_customer(session, customer_id=customer_id, patch=patch, if_match=if_match)
+    cache.invalidate(request, cache.customer_write_keys(customer_id))
     return etag.json_response(body)
 
 
@@ -98,9 +116,12 @@ def patch_customer(
         },
     },
 )
-def delete_customer(session: SessionDep, customer_id: CustomerIdPath, if_match: IfMatch = None) -> Response:
+def delete_customer(
+    request: Request, session: SessionDep, customer_id: CustomerIdPath, if_match: IfMatch = None
+) -> Response:
     """Delete a customer without invoices; one with invoices is 409, naming them."""
     crud.delete_customer(session, customer_id=customer_id, if_match=if_match)
+    cache.invalidate(request, cache.customer_write_keys(customer_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -111,13 +132,16 @@ def delete_customer(session: SessionDep, customer_id: CustomerIdPath, if_match: 
     responses={200: {"description": "Identical replay: the stored invoice"}, **errors(404, 409)},
 )
 def create_customer_invoice(
-    session: SessionDep, customer_id: CustomerIdPath, invoice: schemas.InvoiceCreate
+    request: Request, session: SessionDep, customer_id: CustomerIdPath, invoice: schemas.InvoiceCreate
 ) -> Response:
     """Create an invoice of the customer, with its lines; an identical replay stores nothing (200).
     Without `country` the invoice has the customer's; a date alone is its midnight."""
     body, created = invoice_crud.create_invoice(
         session, invoice=invoice, customer_id=customer_id, customer_in_path=True
     )
+    if created:
+        codes = (line["stock_code"] for line in invoice.lines)
+        cache.invalidate(request, cache.invoice_write_keys(invoice.invoice_no, [customer_id], codes))
     return etag.json_response(body, status_code=201 if created else 200)
 
 
@@ -130,9 +154,21 @@ def create_customer_invoice(
         **errors(404),
     },
 )
-def read_customer_invoice_links(
-    request: Request, session: SessionDep, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+async def read_customer_invoice_links(
+    request: Request, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Links to the customer's invoices: `{"id_536365": "/invoice/536365", ...}`."""
-    links = crud.customer_invoice_links(session, customer_id=customer_id)
-    return etag.json_response(invoice_crud.to_json(links), method=request.method, if_none_match=if_none_match)
+
+    def links(session: Session) -> bytes:
+        return invoice_crud.to_json(crud.customer_invoice_links(session, customer_id=customer_id))
+
+    # A coroutine that awaits the cache and reads the database in the thread pool (see read_customer).
+    found = await cache.read_through(
+        request,
+        cache.customer_invoices_key(customer_id),
+        resource="customer_invoices",
+        load=reading(request, links),
+        etag=etag.etag_of,
+    )
+    assert found is not None  # an unknown customer raised NotFoundError
+    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import Request, Response
+from sqlalchemy.orm import Session
 
-from api import schemas
+from api import cache, schemas
 from api.core import etag
 from api.crud import stockcodes as crud
-from api.deps import SecuredRouter, SessionDep, StockCodePath
+from api.deps import SecuredRouter, StockCodePath, reading
 from api.routes.contract import DATA_ROUTE_ERRORS, IfNoneMatch, errors, get_with_head
 
 router = SecuredRouter(tags=["stock codes"], responses=DATA_ROUTE_ERRORS)
@@ -16,11 +17,22 @@ router = SecuredRouter(tags=["stock codes"], responses=DATA_ROUTE_ERRORS)
 @get_with_head(
     router, "/stockcode/{stockcode}", response_model=schemas.StockCodePublic, responses=errors(404)
 )
-def read_stock_code(
-    request: Request, session: SessionDep, stockcode: StockCodePath, if_none_match: IfNoneMatch = None
+async def read_stock_code(
+    request: Request, stockcode: StockCodePath, if_none_match: IfNoneMatch = None
 ) -> Response:
     """The code's descriptions, price range, and how many lines and invoices carry it."""
-    summary = crud.stock_code_summary(session, stock_code=stockcode)
-    return etag.json_response(
-        summary.model_dump_json().encode(), method=request.method, if_none_match=if_none_match
+
+    def summary(session: Session) -> bytes:
+        return crud.stock_code_summary(session, stock_code=stockcode).model_dump_json().encode()
+
+    # A coroutine that awaits the cache and reads the database in the thread pool once; a cached entry
+    # carries its ETag (see api/routes/customers.py, read_customer).
+    found = await cache.read_through(
+        request,
+        cache.stock_code_key(stockcode),
+        resource="stockcode",
+        load=reading(request, summary),
+        etag=etag.etag_of,
     )
+    assert found is not None  # an unknown code raised NotFoundError
+    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)
