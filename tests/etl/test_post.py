@@ -170,19 +170,23 @@ def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lin
     assert len(service.invoice_bodies) == 2 * posted_once
 
 
-def test_an_invoice_changed_in_the_source_is_posted_and_refused(lines):
-    """A hash that differs is not skipped: the invoice is posted, and the service's 409 fails the run."""
+def test_an_invoice_changed_in_the_source_fails_the_post_before_any_invoice_is_sent(lines):
+    """A hash that differs is a correction: by default the comparison of every batch names it and the
+    post stops before a single invoice body is sent, suggesting `--on-conflict replace`."""
     service = ArrowService()
     _post(service, lines)
+    bodies_before = len(service.invoice_bodies)
     first_no = lines["invoice_no"][0].as_py()
     changed = lines.set_column(
         lines.schema.get_field_index("quantity"),
         "quantity",
         pc.if_else(pc.equal(lines["invoice_no"], first_no), pc.add(lines["quantity"], 1), lines["quantity"]),
     )
-    with pytest.raises(ServiceError, match="other content"):
+    with pytest.raises(
+        ServiceError, match=rf"invoice\(s\) {first_no} with other content.*on-conflict replace"
+    ):
         _post(service, changed)
-    assert first_no in {invoice["invoice_no"] for invoice in service.invoice_bodies[-1]}
+    assert len(service.invoice_bodies) == bodies_before
 
 
 def test_invoices_are_never_split_and_batches_respect_the_line_limit(lines):
