@@ -29,7 +29,7 @@ from etl.client import (
     RetryStats,
     gather_bounded,
 )
-from etl.errors import ServiceError
+from etl.errors import InvoiceConflictError, ServiceError
 from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
 
 #: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
@@ -190,7 +190,7 @@ async def post_lines(
     different = sorted(number for _, changed in comparisons for number in changed)
     if different and not replacing:
         shown = ", ".join(different[:5]) + (f" and {len(different) - 5} more" if len(different) > 5 else "")
-        raise ServiceError(
+        raise InvoiceConflictError(
             f"the service holds invoice(s) {shown} with other content; no invoice was stored; {REPLACE_HINT}"
         )
 
