@@ -140,3 +140,68 @@ def test_corrections_fail_by_default_and_are_replaced_on_request(
     assert last_report(lake)["counts"]["invoices_replaced"] == 0
     assert outbox_events(tmp_path / "retail.db")[len(events_before) :] == new_events
     assert lake_files(lake) == files_after
+
+
+@pytest.mark.rabbitmq
+def test_replaced_days_reach_the_warehouse_and_the_broker_as_replaced(
+    service: LiveService, tmp_path: Path
+) -> None:
+    import duckdb
+
+    from tests.e2e.test_destinations import CheckingConsumer, unique_exchange
+    from tests.e2e.test_job import run_job_at
+    from tests.events.support import BROKER_URL
+
+    lake, warehouse, exchange = tmp_path / "lake", tmp_path / "retail.duckdb", unique_exchange()
+    env = {"RETAIL_WAREHOUSE_URL": str(warehouse), "RETAIL_NOTIFY_URL": BROKER_URL}
+    corrected = tmp_path / "corrected.csv"
+    changed_no, extended_no = corrected_source(corrected)
+
+    def warehouse_lines(invoice_no: str) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            query = "SELECT line_no, quantity FROM invoice_lines WHERE invoice_no = ? ORDER BY line_no"
+            return con.execute(query, [invoice_no]).fetchall()
+
+    consumer = CheckingConsumer(exchange, lake, None)
+    try:
+        args = ("--notify-exchange", exchange)
+        first = run_job_at(service.url, service.api_key, lake, *args, extra_env=env)
+        assert first.returncode == 0, first.stderr[-3000:]
+        consumer.wait_for(4)
+        before = {no: warehouse_lines(no) for no in (changed_no, extended_no)}
+        replaced = run_job_at(
+            service.url,
+            service.api_key,
+            lake,
+            *args,
+            "--on-conflict",
+            "replace",
+            source=corrected,
+            extra_env=env,
+        )
+        assert replaced.returncode == 0, replaced.stderr[-3000:]
+        consumer.wait_for(8)
+    finally:
+        consumer.stop()
+
+    report = last_report(lake)
+    replaced_days = set(report["replaced_days"])
+    assert len(replaced_days) == 2
+    second_run = consumer.seen[4:]
+    assert len(consumer.seen) == 8
+    assert {seen["day"] for seen in second_run if seen["routing_key"] == "day.replaced"} == replaced_days
+    assert all(seen["routing_key"] == "day.published" for seen in consumer.seen[:4])
+    assert all(
+        seen["routing_key"] == "day.published" for seen in second_run if seen["day"] not in replaced_days
+    )
+    assert all(seen["file_hash_matches"] for seen in consumer.seen)
+    assert report["destinations"]["warehouse"]["replaced_days"] == 2
+    after = {no: warehouse_lines(no) for no in (changed_no, extended_no)}
+    assert (
+        after[changed_no][0][1] == before[changed_no][0][1] + 1
+        and after[changed_no][1:] == before[changed_no][1:]
+    )
+    assert (
+        after[extended_no][:-1] == before[extended_no]
+        and len(after[extended_no]) == len(before[extended_no]) + 1
+    )
