@@ -104,12 +104,12 @@ def _fail_without_retry() -> Iterator[None]:
     """A bad source, a reconciliation difference, a misnamed destination or unusable params stay the
     same on a retry: fail the task at once with the job's one-line message instead of retrying it for
     half an hour."""
-    from etl.errors import DestinationUrlError, ReconciliationError, SourceError
+    from etl.errors import DestinationUrlError, InvoiceConflictError, ReconciliationError, SourceError
     from etl.schedule import RunDaysError
 
     try:
         yield
-    except (SourceError, ReconciliationError, RunDaysError, DestinationUrlError) as exc:
+    except (SourceError, ReconciliationError, RunDaysError, DestinationUrlError, InvoiceConflictError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -190,6 +190,14 @@ def _fail_without_retry() -> Iterator[None]:
             title="Decimal mark",
             description="Decimal mark: . or , (as --decimal). Empty: detected from UnitPrice.",
         ),
+        "on_conflict": Param(
+            "fail",
+            type="string",
+            enum=["fail", "replace"],
+            title="On conflict",
+            description="An invoice the service holds with other content (a correction): fail (nothing "
+            "stored) or replace it by PUT, its day rewritten in the lake (as --on-conflict).",
+        ),
     },
     tags=["retail", "etl"],
 )
@@ -220,7 +228,8 @@ def retail_etl() -> None:
     The source and the lake: params `source`/`lake`, else Variables `retail_source`/`retail_lake`, else env
     `RETAIL_SOURCE`/`RETAIL_LAKE`. Intermediate files live under `<lake>/_work/` and are removed by
     `write_lake`. The source's dialect is detected; params `date_format`, `delimiter`, `decimal` set it
-    (as the command's `--date-format`, `--delimiter`, `--decimal`).
+    (as the command's `--date-format`, `--delimiter`, `--decimal`). Param `on_conflict` (`fail`, the
+    default, or `replace`) says what `post` does with corrected invoices, as `--on-conflict`.
 
     **Other destinations** (each a no-op that says so when not named): the warehouse, param `warehouse`,
     else Variable `retail_warehouse`, else env `RETAIL_WAREHOUSE_URL`; the broker, param `notify`, else
@@ -269,8 +278,9 @@ def retail_etl() -> None:
         from etl.pipeline import task_post
 
         api_url, api_key = _service()
+        on_conflict = get_current_context()["params"].get("on_conflict")
         with _fail_without_retry():
-            return task_post(meta, api_url, api_key)
+            return task_post(meta, api_url, api_key, on_conflict)
 
     @task(
         task_id="read_back_and_reconcile",

@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from enum import StrEnum
 from types import FrameType
 from typing import Annotated
 
@@ -33,6 +34,13 @@ out = Console()
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_INTERNAL = 70
+
+
+class OnConflictChoice(StrEnum):
+    """`--on-conflict`'s choices (`etl.post.OnConflict`), as typer lists and checks them."""
+
+    FAIL = "fail"
+    REPLACE = "replace"
 
 
 class Terminated(Exception):
@@ -149,9 +157,18 @@ def run_command(
         str | None,
         typer.Option(help="Text encoding, e.g. cp1252 or utf-16. Default: UTF-8, else Windows-1252."),
     ] = None,
+    on_conflict: Annotated[
+        OnConflictChoice,
+        typer.Option(
+            help="An invoice the service holds with other content (a correction in the source): fail"
+            " (stop, nothing stored) or replace (PUT the source's invoice; its day is rewritten).",
+            case_sensitive=False,
+        ),
+    ] = OnConflictChoice.FAIL,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
     from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
+    from etl.post import parse_on_conflict
 
     source_options = _source_options(date_format, delimiter, decimal, encoding)
     first, last = _parse_day(start, "--start"), _parse_day(end, "--end")
@@ -183,6 +200,7 @@ def run_command(
         notify_url=notify or settings.notify_url,
         notify_exchange=notify_exchange or settings.notify_exchange,
         source_options=source_options,
+        on_conflict=parse_on_conflict(on_conflict.value),
     )
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)
@@ -259,6 +277,11 @@ def summary_table(report: Mapping[str, object]) -> Table:
     assert isinstance(counts, dict)
     for name, value in counts.items():
         table.add_row(name.replace("_", " "), f"{value:,}")
+    replaced = report.get("replaced_invoices") or []
+    assert isinstance(replaced, list)
+    if replaced:
+        shown = ", ".join(replaced[:10]) + (f" and {len(replaced) - 10} more" if len(replaced) > 10 else "")
+        table.add_row("replaced invoices", shown)
     retries = report.get("retries") or {}
     assert isinstance(retries, dict)
     table.add_row("retries", ", ".join(f"{k}: {v}" for k, v in retries.items()) or "0")

@@ -3,8 +3,9 @@
 Every request goes through `RetailClient._request`, which is the only place that retries. What is
 retried: transport failures (connect, read/write timeouts, resets, protocol errors), 429 and 5xx. Every
 other status is final. Retrying is safe for every call this client makes: reads have no effect, and the
-bulk writes are idempotent by contract (the same batch twice stores each row once), so a write whose
-response was lost can be sent again.
+bulk writes are idempotent by contract (the same batch twice stores each row once), and so is a PUT
+(the same invoice or customer twice is stored once and emits one event), so a write whose response was
+lost can be sent again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import random
 import re
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -57,6 +59,10 @@ NEXT_CURSOR_HEADER = "X-Next-Cursor"
 MAX_CUSTOMERS_PER_REQUEST = 10_000
 MAX_INVOICES_PER_REQUEST = 5_000
 MAX_LINES_PER_REQUEST = 50_000
+
+
+#: What a run refused for a correction suggests (the CLI's option and the DAG's param of the same name).
+REPLACE_HINT = "rerun with --on-conflict replace (DAG param on_conflict) to apply the source's corrections"
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,7 @@ def _refusal(method: str, path: str, response: httpx.Response) -> ServiceError:
         shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
         return ServiceError(
             f"the service holds invoice(s) {shown or '(not named)'} with other content "
-            f"(409 on {where}: {detail})"
+            f"(409 on {where}: {detail}); {REPLACE_HINT}"
         )
     if status == 413:
         return ServiceError(f"the service found the request too large (413 on {where}); send fewer lines")
@@ -315,6 +321,19 @@ class RetailClient:
     async def compare_invoices(self, hashes: dict[str, str]) -> dict[str, Any]:
         """POST /bulk/invoices/compare → `{"unchanged", "different", "missing"}` invoice numbers."""
         return await self._request("POST", "/bulk/invoices/compare", json={"invoices": hashes})
+
+    async def replace_invoice(self, invoice_no: str, invoice: dict[str, Any]) -> bool:
+        """PUT /invoice/{invoice_no} with the whole invoice (`schemas.InvoiceReplace`: no `invoice_no` in
+        the body); True when the service created it (201) rather than replaced it (200)."""
+        path = f"/invoice/{urllib.parse.quote(invoice_no, safe='')}"
+        response = await self._send("PUT", path, json=invoice, invoice_nos=[invoice_no])
+        return response.status_code == 201
+
+    async def replace_customer(self, customer_id: str, country: str) -> bool:
+        """PUT /customer/{customer_id} with its country; True when the service created it (201)."""
+        path = f"/customer/{urllib.parse.quote(customer_id, safe='')}"
+        response = await self._send("PUT", path, json={"country": country})
+        return response.status_code == 201
 
     async def get_invoice_page(
         self, start: dt.date, end: dt.date, cursor: str | None, limit: int = 1000

@@ -25,6 +25,11 @@ class ServiceError(EtlError):
     exit_code = 3
 
 
+class InvoiceConflictError(ServiceError):
+    """The service holds invoices of the source with other content (corrections) and the run was not
+    asked to replace them (`--on-conflict replace`): a retry cannot help."""
+
+
 class ReconciliationError(EtlError):
     """What the service or the lake holds differs from the source."""
 

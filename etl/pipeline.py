@@ -38,7 +38,7 @@ from etl.destinations.lake import LakeDestination
 from etl.dialect import SourceOptions
 from etl.load import load_source
 from etl.metrics import push_run_metrics, run_metrics
-from etl.post import PostReport, post_lines
+from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
 from etl.reconcile import ReconcileReport, reconcile
 from etl.schema import (
@@ -89,6 +89,8 @@ class RunConfig:
     notify_exchange: str = "retail.lake"
     #: The source's dialect as the user set it (`--date-format`, `--delimiter`, ...); the rest is detected.
     source_options: SourceOptions = field(default_factory=SourceOptions)
+    #: An invoice stored with other content: `fail` the run (nothing stored), or `replace` it by PUT.
+    on_conflict: OnConflict = "fail"
 
 
 class RunObserver(Protocol):
@@ -133,6 +135,13 @@ class RunReport:
     seconds: dict[str, float] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
     customer_conflicts: list[str] = field(default_factory=list)
+    #: `fail` or `replace`: what the run did with invoices stored with other content.
+    on_conflict: str = "fail"
+    #: The invoices replaced by PUT (`on_conflict="replace"`), and the customers whose country was.
+    replaced_invoices: list[str] = field(default_factory=list)
+    replaced_customers: list[str] = field(default_factory=list)
+    #: The invoice days of the replaced invoices: the days the destinations are told were replaced.
+    replaced_days: list[str] = field(default_factory=list)
     #: How the source was read: date format, decimal mark, delimiter, encoding, and why (`SourceDialect`).
     dialect: dict[str, str] = field(default_factory=dict)
     reconciliation: dict[str, Any] = field(default_factory=dict)
@@ -233,6 +242,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
         start=_iso(config.days.start),
         end=_iso(config.days.end),
         dry_run=config.dry_run,
+        on_conflict=config.on_conflict,
     )
     try:
         return _run(config, report, _Stages(report, observer or LogObserver()))
@@ -313,9 +323,13 @@ async def _post_and_read_back(
                     concurrency=config.concurrency,
                     max_lines_per_request=config.lines_per_request,
                     on_progress=lambda n: stages.observer.advanced("post", n),
+                    on_conflict=config.on_conflict,
                 )
                 counts.update(_post_counts(posted))
                 stages.report.customer_conflicts = list(posted.customer_conflicts)
+                stages.report.replaced_invoices = list(posted.replaced_invoices)
+                stages.report.replaced_customers = list(posted.customers_replaced)
+                stages.report.replaced_days = [day.isoformat() for day in posted.replaced_days]
             with stages.stage("read back") as counts:
                 snapshot = await read_back(
                     client, days, concurrency=config.concurrency, page_size=config.page_size
@@ -334,9 +348,11 @@ def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequen
         return
     lake = LakeDestination(config.lake, storage_options=config.storage_options)
     in_lake = lake.read_days(days)
+    # Corrections replace the days already delivered before (docs/design.md "Corrections").
+    replaced = {dt.date.fromisoformat(day) for day in report.replaced_days}
     if config.warehouse_url:
         with stages.stage("load warehouse", total=len(days)) as counts:
-            loaded = fanout.load_warehouse(config.warehouse_url, in_lake)
+            loaded = fanout.load_warehouse(config.warehouse_url, in_lake, replaced=replaced)
             report.destinations["warehouse"] = loaded
             counts["warehouse_days"] = loaded["days"]
             counts["warehouse_lines"] = loaded["rows"].get("invoice_lines", 0)
@@ -349,6 +365,7 @@ def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequen
                 lake=config.lake,
                 run_id=report.run_id,
                 warehouse=report.destinations.get("warehouse", {}).get("url"),
+                replaced=replaced,
             )
             report.destinations["notify"] = sent
             counts["messages_published"] = sent["messages"]
@@ -361,6 +378,8 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
         "invoices_created": posted.invoices_created,
         "invoices_unchanged": posted.invoices_unchanged,
         "invoices_skipped": posted.invoices_skipped,
+        "invoices_replaced": posted.invoices_replaced,
+        "customers_replaced": len(posted.customers_replaced),
         "lines_created": posted.lines_created,
         "requests": posted.requests,
     }
@@ -514,18 +533,39 @@ def task_load_and_validate(
 
 
 @_dag_task("post")
-def task_post(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
-    """Post the saved lines of the run to the service; idempotent, so a retried task is safe."""
+def task_post(
+    meta: Mapping[str, Any], api_url: str, api_key: str, on_conflict: str | None = None
+) -> dict[str, Any]:
+    """Post the saved lines of the run to the service; idempotent, so a retried task is safe.
+    `on_conflict` is `fail` (default) or `replace`, as `--on-conflict`; `ValueError` for another."""
     work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
     lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
-    config = RunConfig(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
+    config = RunConfig(
+        source=str(meta["source"]),
+        api_url=api_url,
+        api_key=api_key,
+        lake=work.lake,
+        on_conflict=parse_on_conflict(on_conflict),
+    )
 
     async def _post() -> PostReport:
         async with _client(config) as client:
-            return await post_lines(lines, client, max_lines_per_request=config.lines_per_request)
+            return await post_lines(
+                lines,
+                client,
+                max_lines_per_request=config.lines_per_request,
+                on_conflict=config.on_conflict,
+            )
 
     posted = asyncio.run(_post())
-    return {**dict(meta), **_post_counts(posted), "retries": _with_retries(meta, posted.retries.by_cause)}
+    return {
+        **dict(meta),
+        **_post_counts(posted),
+        "on_conflict": config.on_conflict,
+        # The days only (the count is in the counts): XCom stays small whatever the corrections.
+        "replaced_days": [day.isoformat() for day in posted.replaced_days],
+        "retries": _with_retries(meta, posted.retries.by_cause),
+    }
 
 
 @_dag_task("read back and reconcile")
@@ -602,7 +642,8 @@ def task_load_warehouse(meta: Mapping[str, Any], warehouse_url: str | None) -> d
         return {**dict(meta), "warehouse": None}
     days = [dt.date.fromisoformat(d) for d in meta["days"]]
     in_lake = LakeDestination(str(meta["lake"])).read_days(days)
-    return {**dict(meta), "warehouse": fanout.load_warehouse(warehouse_url, in_lake)}
+    loaded = fanout.load_warehouse(warehouse_url, in_lake, replaced=_replaced_days(meta))
+    return {**dict(meta), "warehouse": loaded}
 
 
 @_dag_task("notify")
@@ -624,5 +665,11 @@ def task_notify(
         lake=str(meta["lake"]),
         run_id=run_id,
         warehouse=str(warehouse["url"]) if isinstance(warehouse, Mapping) else None,
+        replaced=_replaced_days(meta),
     )
     return {**dict(meta), "notify": sent}
+
+
+def _replaced_days(meta: Mapping[str, Any]) -> set[dt.date]:
+    """The days `task_post` replaced invoices of (none from a run that replaced nothing)."""
+    return {dt.date.fromisoformat(day) for day in meta.get("replaced_days") or ()}

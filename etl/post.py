@@ -9,10 +9,11 @@ when it is about to be sent, so at most `concurrency` bodies exist at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -23,11 +24,12 @@ from etl.client import (
     MAX_CUSTOMERS_PER_REQUEST,
     MAX_INVOICES_PER_REQUEST,
     MAX_LINES_PER_REQUEST,
+    REPLACE_HINT,
     RetailClient,
     RetryStats,
     gather_bounded,
 )
-from etl.errors import ServiceError
+from etl.errors import InvoiceConflictError, ServiceError
 from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
 
 #: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
@@ -52,6 +54,21 @@ INVOICE_BODY_SCHEMA = pa.schema(
 )
 
 
+#: What a run does with an invoice the service holds with other content (`--on-conflict`): `fail`
+#: stops before any invoice is posted; `replace` stores the source's version with `PUT /invoice/{no}`.
+OnConflict = Literal["fail", "replace"]
+ON_CONFLICT_CHOICES: tuple[str, ...] = get_args(OnConflict)
+
+
+def parse_on_conflict(value: str | None) -> OnConflict:
+    """`fail` or `replace` (None: `fail`); `ValueError` naming the choices for anything else."""
+    if value is None or value == "fail":
+        return "fail"
+    if value == "replace":
+        return "replace"
+    raise ValueError(f"on_conflict is {value!r}; expected one of {', '.join(ON_CONFLICT_CHOICES)}")
+
+
 @dataclass(frozen=True)
 class PostReport:
     """What the service acknowledged for one `post_lines` call."""
@@ -70,6 +87,17 @@ class PostReport:
     requests: int
     #: Retries made by the client while posting, by cause.
     retries: RetryStats
+    #: Invoices stored with other content that `on_conflict="replace"` replaced by PUT, by number.
+    replaced_invoices: tuple[str, ...] = ()
+    #: The invoice days of those invoices as the source now has them: the days destinations replace.
+    replaced_days: tuple[dt.date, ...] = ()
+    #: Customers whose stored country `on_conflict="replace"` replaced with the source's one.
+    customers_replaced: tuple[str, ...] = field(default=())
+
+    @property
+    def invoices_replaced(self) -> int:
+        """How many invoices were replaced."""
+        return len(self.replaced_invoices)
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,7 @@ async def post_lines(
     max_lines_per_request: int = 20_000,
     on_progress: Callable[[int], None] | None = None,
     skip_unchanged: bool = True,
+    on_conflict: OnConflict = "fail",
 ) -> PostReport:
     """Post the customers of `lines` (LINE_SCHEMA), then its invoices with all their lines.
 
@@ -103,11 +132,21 @@ async def post_lines(
     service acknowledged. Replaying the same lines is safe: the service reports them as unchanged.
     With `skip_unchanged`, each batch's content hashes are compared first (`/bulk/invoices/compare`)
     and only the invoices the service does not hold identically are sent.
+
+    An invoice the service holds with other content is a correction. Every batch is compared before any
+    invoice is posted, so that with `on_conflict="fail"` the run stops with a `ServiceError` naming
+    them all and no invoice stored; with `"replace"` each is stored whole by `PUT /invoice/{no}` (its
+    `invoice.updated` event says so), and each customer stored with another country than the one the
+    source gives it everywhere is replaced by `PUT /customer/{id}`.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if not 1 <= max_lines_per_request <= MAX_LINES_PER_REQUEST:
         raise ValueError(f"max_lines_per_request must be within 1..{MAX_LINES_PER_REQUEST}")
+    on_conflict = parse_on_conflict(on_conflict)
+    replacing = on_conflict == "replace"
+    # Replacing needs to know which invoices differ, which only the comparison tells.
+    comparing = skip_unchanged or replacing
     retries_before = client.retry_stats
     # Sorted first: a table without LINE_SCHEMA's columns stops the stage before anything is sent.
     ordered = sort_for_posting(lines)
@@ -130,54 +169,168 @@ async def post_lines(
     customer_answers = await gather_bounded(
         [partial(post_customer_batch, batch) for batch in customer_batches], concurrency
     )
+    conflicts = sorted({str(c) for answer in customer_answers for c in answer.get("conflicts") or ()})
 
     batches = plan_invoice_batches(
         ordered, max_lines=max_lines_per_request, max_invoices=MAX_INVOICES_PER_REQUEST
     )
 
-    async def post_invoice_batch(batch: InvoiceBatch) -> dict[str, Any]:
+    async def compare_batch(batch: InvoiceBatch) -> tuple[frozenset[str], frozenset[str]]:
+        # The hashes only: the body is built again when the batch is posted, so that bodies exist only
+        # for requests in flight (building one is offsets; hashing is the cost, and it is done once).
+        invoices = invoice_table(ordered.slice(batch.start, batch.lines))
+        numbers = invoices["invoice_no"].to_pylist()
+        comparison = await client.compare_invoices(dict(zip(numbers, content_hashes(invoices), strict=True)))
+        return frozenset(_numbers(comparison, "unchanged")), frozenset(_numbers(comparison, "different"))
+
+    if comparing:
+        comparisons = await gather_bounded([partial(compare_batch, batch) for batch in batches], concurrency)
+    else:
+        comparisons = [(frozenset(), frozenset())] * len(batches)
+    different = sorted(number for _, changed in comparisons for number in changed)
+    if different and not replacing:
+        shown = ", ".join(different[:5]) + (f" and {len(different) - 5} more" if len(different) > 5 else "")
+        raise InvoiceConflictError(
+            f"the service holds invoice(s) {shown} with other content; no invoice was stored; {REPLACE_HINT}"
+        )
+
+    customers_replaced: list[str] = []
+    if replacing and conflicts:
+        countries = unambiguous_countries(lines, conflicts)
+        for customer_id in conflicts:
+            if customer_id in countries:
+                await client.replace_customer(customer_id, countries[customer_id])
+                customers_replaced.append(customer_id)
+
+    async def post_invoice_batch(
+        batch: InvoiceBatch, comparison: tuple[frozenset[str], frozenset[str]]
+    ) -> dict[str, Any]:
         # Built here, once the batch holds a slot, so that bodies exist only for requests in flight.
         invoices = invoice_table(ordered.slice(batch.start, batch.lines))
-        skipped: set[str] = set()
-        if skip_unchanged:
-            # A rerun: what the service holds with the same content hash need not travel again.
-            numbers = invoices["invoice_no"].to_pylist()
-            comparison = await client.compare_invoices(
-                dict(zip(numbers, content_hashes(invoices), strict=True))
+        # A rerun: what the service holds with the same content hash need not travel again.
+        skipped = comparison[0] if skip_unchanged else frozenset()
+        changed = comparison[1]
+        corrections = invoices.slice(0, 0)
+        held = skipped | changed
+        if held:
+            taken = pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(held), pa.string()))
+            corrections = invoices.filter(
+                pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(changed), pa.string()))
             )
-            skipped = set(_numbers(comparison, "unchanged"))
-            if skipped:
-                held = pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(skipped), pa.string()))
-                invoices = invoices.filter(pc.invert(held))
+            invoices = invoices.filter(pc.invert(taken))
         answer = {"created": 0, "unchanged": 0, "lines_created": 0}
         if invoices.num_rows:
             answer = await client.post_invoice_table(invoices)
+        replaced, created_by_put = await _replace_invoices(client, corrections)
         created, unchanged = _count(answer, "created"), _count(answer, "unchanged")
-        if created + unchanged + len(skipped) != batch.invoices:
+        if created + unchanged + len(skipped) + len(replaced) + created_by_put != batch.invoices:
+            by_put = len(replaced) + created_by_put
             raise ServiceError(
                 f"the service acknowledged {created} created + {unchanged} unchanged "
-                f"(+ {len(skipped)} by hash) of {batch.invoices} invoices"
+                f"(+ {len(skipped)} by hash{f', {by_put} by PUT' if by_put else ''}) "
+                f"of {batch.invoices} invoices"
             )
         if on_progress is not None:
             on_progress(batch.lines)
-        return {**answer, "unchanged": unchanged + len(skipped), "skipped": len(skipped)}
+        return {
+            **answer,
+            "created": created + created_by_put,
+            "unchanged": unchanged + len(skipped),
+            "skipped": len(skipped),
+            "replaced": replaced,
+        }
 
     invoice_answers = await gather_bounded(
-        [partial(post_invoice_batch, batch) for batch in batches], concurrency
+        [
+            partial(post_invoice_batch, batch, comparison)
+            for batch, comparison in zip(batches, comparisons, strict=True)
+        ],
+        concurrency,
     )
 
-    conflicts = sorted({str(c) for answer in customer_answers for c in answer.get("conflicts") or ()})
+    replaced_days: set[dt.date] = set()
+    replaced_invoices: list[str] = []
+    for answer in invoice_answers:
+        for number, day in answer["replaced"]:
+            replaced_invoices.append(number)
+            replaced_days.add(day)
     return PostReport(
         customers_created=sum(_count(a, "created") for a in customer_answers),
         customers_existing=sum(_count(a, "existing") for a in customer_answers),
-        customer_conflicts=tuple(conflicts),
+        customer_conflicts=tuple(c for c in conflicts if c not in set(customers_replaced)),
         invoices_created=sum(_count(a, "created") for a in invoice_answers),
         invoices_unchanged=sum(_count(a, "unchanged") for a in invoice_answers),
         invoices_skipped=sum(_count(a, "skipped") for a in invoice_answers),
         lines_created=sum(_count(a, "lines_created") for a in invoice_answers),
         requests=len(customer_batches) + len(batches),
         retries=client.retry_stats.since(retries_before),
+        replaced_invoices=tuple(sorted(replaced_invoices)),
+        replaced_days=tuple(sorted(replaced_days)),
+        customers_replaced=tuple(customers_replaced),
     )
+
+
+async def _replace_invoices(
+    client: RetailClient, corrections: pa.Table
+) -> tuple[list[tuple[str, dt.date]], int]:
+    """PUT each invoice of `corrections` (an `invoice_table`) whole; returns the (number, invoice day)
+    of those replaced, and how many the service created instead (deleted since they were compared).
+
+    Without `If-Match`: the source is what the service must hold after a `replace` run, whatever was
+    stored, and a PUT of the same body is idempotent, so a retry after a lost answer is harmless; with
+    `If-Match` that retry would be refused (412) by our own first attempt. A writer that changes the
+    invoice after the PUT is caught by the read-back's reconciliation.
+    """
+    replaced: list[tuple[str, dt.date]] = []
+    created = 0
+    # One by one: corrections are few, and the batch already holds one of the run's request slots.
+    for invoice in corrections.to_pylist():
+        number = invoice["invoice_no"]
+        if await client.replace_invoice(number, replace_body(invoice)):
+            created += 1
+        else:
+            replaced.append((number, invoice["invoice_date"].date()))
+    return replaced, created
+
+
+def replace_body(invoice: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of `PUT /invoice/{no}` (`schemas.InvoiceReplace`) for one `invoice_table` row:
+    prices as decimal text (never a float), times as ISO text without a zone, as the service stores."""
+    return {
+        "invoice_date": invoice["invoice_date"].isoformat(),
+        "customer_id": invoice["customer_id"],
+        "country": invoice["country"],
+        "lines": [
+            {
+                "line_no": line["line_no"],
+                "stock_code": line["stock_code"],
+                "description": line["description"],
+                "quantity": line["quantity"],
+                "unit_price": str(line["unit_price"]),
+                "invoice_date": line["invoice_date"].isoformat(),
+            }
+            for line in invoice["lines"]
+        ],
+    }
+
+
+def unambiguous_countries(lines: pa.Table, customer_ids: Sequence[str]) -> dict[str, str]:
+    """The country of each of `customer_ids` whose lines in `lines` all name the same one.
+
+    A customer whose lines name several countries keeps the one the service stores (the first posted):
+    the source does not say which is right, and replacing it with the first of the run's lines would
+    change it back and forth between runs of different days.
+    """
+    wanted = pa.array(sorted(customer_ids), pa.string())
+    rows = lines.select(["customer_id", "country"]).filter(pc.is_in(lines["customer_id"], value_set=wanted))
+    per_customer = rows.group_by("customer_id").aggregate([("country", "distinct")])
+    return {
+        customer_id: countries[0]
+        for customer_id, countries in zip(
+            per_customer["customer_id"].to_pylist(), per_customer["country_distinct"].to_pylist(), strict=True
+        )
+        if len(countries) == 1
+    }
 
 
 def customer_payloads(lines: pa.Table) -> list[dict[str, Any]]:

@@ -147,9 +147,14 @@ def test_params_are_optional_and_dates_are_validated(retail_dag) -> None:
     params = retail_dag.params
     assert set(params) == {
         "start", "end", "source", "lake", "warehouse", "notify", "notify_exchange",
-        "date_format", "delimiter", "decimal",
+        "date_format", "delimiter", "decimal", "on_conflict",
     }
-    assert {name: params[name] for name in params} == dict.fromkeys(params, None)
+    assert {name: params[name] for name in params} == {**dict.fromkeys(params, None), "on_conflict": "fail"}
+    on_conflict = params.get_param("on_conflict")
+    assert [on_conflict.resolve(value) for value in ("fail", "replace")] == ["fail", "replace"]
+    for bad in ("overwrite", None):
+        with pytest.raises(ParamValidationError):
+            on_conflict.resolve(bad)
     for name in ("start", "end"):
         param = params.get_param(name)
         assert param.resolve("2010-12-02") == "2010-12-02"

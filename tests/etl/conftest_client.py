@@ -182,6 +182,9 @@ class FakeService:
         self.customer_bodies: list[list[dict[str, Any]]] = []
         self.invoice_bodies: list[list[dict[str, Any]]] = []
         self.compare_bodies: list[dict[str, str]] = []
+        #: Every `PUT /invoice/{no}` and `PUT /customer/{id}` body, with the path's number or id.
+        self.invoice_puts: list[tuple[str, dict[str, Any]]] = []
+        self.customer_puts: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[httpx.Request] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -222,6 +225,10 @@ class FakeService:
             return self._bulk_invoices(json.loads(request.content)["invoices"])
         if (method, path) == ("POST", "/bulk/invoices/compare"):
             return self._compare(json.loads(request.content)["invoices"])
+        if method == "PUT" and path.startswith("/invoice/"):
+            return self._put_invoice(path.removeprefix("/invoice/"), json.loads(request.content))
+        if method == "PUT" and path.startswith("/customer/"):
+            return self._put_customer(path.removeprefix("/customer/"), json.loads(request.content))
         if (method, path) == ("GET", "/invoices"):
             return self._invoice_page(request.url.params)
         if (method, path) == ("GET", "/customers"):
@@ -275,6 +282,23 @@ class FakeService:
                 lines_created += len(invoice["lines"])
         return httpx.Response(
             200, json={"created": created, "unchanged": unchanged, "lines_created": lines_created}
+        )
+
+    def _put_invoice(self, invoice_no: str, body: dict[str, Any]) -> httpx.Response:
+        """PUT: the whole invoice stored as given (201 when it was missing); the body names no number."""
+        self.invoice_puts.append((invoice_no, body))
+        if "invoice_no" in body:
+            return httpx.Response(422, json={"detail": "the path names the resource"})
+        created = invoice_no not in self.invoices
+        self.invoices[invoice_no] = self._as_stored({**body, "invoice_no": invoice_no})
+        return httpx.Response(201 if created else 200, json=self.invoices[invoice_no])
+
+    def _put_customer(self, customer_id: str, body: dict[str, Any]) -> httpx.Response:
+        self.customer_puts.append((customer_id, body))
+        created = customer_id not in self.customers
+        self.customers[customer_id] = body["country"]
+        return httpx.Response(
+            201 if created else 200, json={"customer_id": customer_id, "country": body["country"]}
         )
 
     def _compare(self, hashes: dict[str, str]) -> httpx.Response:

@@ -170,19 +170,23 @@ def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lin
     assert len(service.invoice_bodies) == 2 * posted_once
 
 
-def test_an_invoice_changed_in_the_source_is_posted_and_refused(lines):
-    """A hash that differs is not skipped: the invoice is posted, and the service's 409 fails the run."""
+def test_an_invoice_changed_in_the_source_fails_the_post_before_any_invoice_is_sent(lines):
+    """A hash that differs is a correction: by default the comparison of every batch names it and the
+    post stops before a single invoice body is sent, suggesting `--on-conflict replace`."""
     service = ArrowService()
     _post(service, lines)
+    bodies_before = len(service.invoice_bodies)
     first_no = lines["invoice_no"][0].as_py()
     changed = lines.set_column(
         lines.schema.get_field_index("quantity"),
         "quantity",
         pc.if_else(pc.equal(lines["invoice_no"], first_no), pc.add(lines["quantity"], 1), lines["quantity"]),
     )
-    with pytest.raises(ServiceError, match="other content"):
+    with pytest.raises(
+        ServiceError, match=rf"invoice\(s\) {first_no} with other content.*on-conflict replace"
+    ):
         _post(service, changed)
-    assert first_no in {invoice["invoice_no"] for invoice in service.invoice_bodies[-1]}
+    assert len(service.invoice_bodies) == bodies_before
 
 
 def test_invoices_are_never_split_and_batches_respect_the_line_limit(lines):
@@ -426,6 +430,71 @@ def test_an_invoice_stored_with_other_content_stops_the_post():
     changed = line_rows([{"invoice_no": "536365", "line_no": 1, "quantity": 7}])
     with pytest.raises(ServiceError, match=r"the service holds invoice\(s\) 536365 with other content"):
         _post(service, changed)
+
+
+def _corrected(lines: pa.Table, invoice_no: str) -> pa.Table:
+    """`lines` with one more of every line's quantity in invoice `invoice_no`."""
+    return lines.set_column(
+        lines.schema.get_field_index("quantity"),
+        "quantity",
+        pc.if_else(
+            pc.equal(lines["invoice_no"], invoice_no), pc.add(lines["quantity"], 1), lines["quantity"]
+        ),
+    )
+
+
+def test_with_replace_a_changed_invoice_is_put_whole_and_the_rest_skipped(lines):
+    service = ArrowService()
+    _post(service, lines, max_lines_per_request=2000)
+    invoice_no = lines["invoice_no"][0].as_py()
+    bodies_before = len(service.invoice_bodies)
+    changed = _corrected(lines, invoice_no)
+
+    report = _post(service, changed, max_lines_per_request=2000, on_conflict="replace")
+
+    assert report.replaced_invoices == (invoice_no,) and report.invoices_replaced == 1
+    invoice_day = lines.filter(pc.equal(lines["invoice_no"], invoice_no))["invoice_date"][0].as_py().date()
+    assert report.replaced_days == (invoice_day,)
+    assert report.invoices_created == 0
+    assert report.invoices_unchanged == report.invoices_skipped == len(service.invoices) - 1
+    assert len(service.invoice_bodies) == bodies_before, "nothing else travels in bulk"
+    [(put_no, body)] = service.invoice_puts
+    source = changed.filter(pc.equal(changed["invoice_no"], invoice_no))
+    assert put_no == invoice_no and "invoice_no" not in body
+    assert [line["quantity"] for line in body["lines"]] == source["quantity"].to_pylist()
+    assert [line["unit_price"] for line in body["lines"]] == [
+        str(p) for p in source["unit_price"].to_pylist()
+    ]
+    # Now the service holds the source: a second replace run replaces nothing.
+    again = _post(service, changed, max_lines_per_request=2000, on_conflict="replace")
+    assert again.invoices_replaced == 0 and len(service.invoice_puts) == 1
+
+
+def test_with_replace_a_customer_gets_the_one_country_its_lines_name():
+    service = ArrowService()
+    _post(service, line_rows([{"invoice_no": "1", "line_no": 1, "customer_id": "7", "country": "France"}]))
+    moved = line_rows(
+        [
+            {"invoice_no": "2", "line_no": 1, "customer_id": "7", "country": "Spain"},
+            {"invoice_no": "3", "line_no": 1, "customer_id": "8", "country": "Spain"},
+        ]
+    )
+    service.customers["8"] = "Italy"  # a customer whose source names two countries keeps the stored one
+    both = pa.concat_tables(
+        [moved, line_rows([{"invoice_no": "4", "line_no": 1, "customer_id": "8", "country": "Italy"}])]
+    )
+
+    kept = _post(service, both)  # fail: a customer's other country is no error, and nothing is replaced
+    assert kept.customer_conflicts == ("7", "8") and service.customer_puts == []
+    replaced = _post(service, both, on_conflict="replace")
+    assert replaced.customers_replaced == ("7",) and replaced.customer_conflicts == ("8",)
+    assert service.customer_puts == [("7", {"country": "Spain"})]
+    assert service.customers == {"7": "Spain", "8": "Italy"}
+
+
+def test_on_conflict_takes_only_fail_or_replace(lines):
+    with pytest.raises(ValueError, match="expected one of fail, replace"):
+        _post(ArrowService(), lines, on_conflict="overwrite")
 
 
 def test_a_short_acknowledgement_is_an_error():
