@@ -182,8 +182,10 @@ def test_job_killed_while_writing_the_lake_then_rerun(
         manifests = list((lake / "_lake" / "manifests").glob("*.json"))
         assert_visible_parts_complete(lake)
         if step == "_write_bytes":
-            # Killed before the commit: objects no manifest names, invisible to every reader.
-            assert len(objects) == after and manifests == []
+            # Killed before the commit: objects no manifest names, invisible to every reader. At least
+            # `after` objects: the lake writes them from several threads, so another one may finish
+            # between the killing call's return and the signal.
+            assert len(objects) >= after and manifests == []
             assert visible_parts(lake) == []
             assert all(table.num_rows == 0 for table in lake_tables(lake).values())
         elif step == "_commit":
