@@ -1040,6 +1040,11 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, FsspecLocalFileSystem)
 
 
+def is_local_filesystem(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is the local disk (where directories must exist before a file is written)."""
+    return _is_local(fs)
+
+
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
     return "s3" in protocol
@@ -1297,3 +1302,38 @@ def _json_value(value: Any) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Write `data` at `path` only if nothing is there yet; False when another writer was first.
+
+    The commit of anything written once by whichever of several writers comes first (the source's
+    staging): locally a hard link of a complete temporary file (atomic, and refused when the name
+    exists), on S3 a PUT with `If-None-Match: *`. Other fsspec stores check, then write (not atomic).
+    """
+    if _is_local(fs):
+        directory, name = path.rsplit("/", 1)
+        os.makedirs(directory, exist_ok=True)
+        temporary = f"{directory}/.{name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        try:
+            with open(temporary, "wb") as out:
+                out.write(data)
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+        return True
+    if _is_s3(fs):
+        try:
+            fs.pipe_file(path, data, IfNoneMatch="*")
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True

@@ -19,8 +19,13 @@ Workbook cells are typed, so they are turned into the text the CSV export writes
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl.dialect import DateFormat, SourceDialect, SourceOptions
 from etl.schema import RawSource
@@ -30,7 +35,7 @@ from etl.sources.dates import detect_date_format
 from etl.sources.download import DEFAULT_CACHE_DIR, source_bytes
 from etl.sources.numbers import detect_decimal
 
-__all__ = ["DEFAULT_CACHE_DIR", "SourceOptions", "load_source"]
+__all__ = ["DEFAULT_CACHE_DIR", "SourceOptions", "load_source", "source_fingerprint"]
 
 
 def load_source(
@@ -88,3 +93,24 @@ def _shape(read: Read, dialect: SourceDialect) -> str:
         elif dialect.date_format.order == "mdy":
             kind = "kaggle-csv"
     return kind + "".join(read.wrappers)
+
+
+def source_fingerprint(table: pa.Table) -> str:
+    """A short, stable digest of the source's content (`RawSource.table`): names the rejects file that
+    has no day. The same rows give the same digest whatever the file's shape or the reader's chunking."""
+    digest = hashlib.sha256()
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        digest.update(f"{name}:{column.type}:{len(column)}:{column.null_count};".encode())
+        if column.null_count:
+            digest.update(pc.is_null(column).to_numpy(zero_copy_only=False).tobytes())
+        if pa.types.is_string(column.type):
+            # Offsets rebased to 0 and the characters they span: chunking and slicing do not show.
+            offsets = np.frombuffer(column.buffers()[1], np.int32)[
+                column.offset : column.offset + len(column) + 1
+            ]
+            digest.update((offsets - offsets[0]).tobytes())
+            digest.update(column.buffers()[2][int(offsets[0]) : int(offsets[-1])])
+        else:
+            digest.update(column.to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()[:16]

@@ -25,9 +25,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl import lake as lake_stage
@@ -36,7 +34,7 @@ from etl.config import JobSettings
 from etl.destinations import fanout
 from etl.destinations.lake import LakeDestination
 from etl.dialect import SourceOptions
-from etl.load import load_source
+from etl.load import load_source, source_fingerprint
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
@@ -49,6 +47,7 @@ from etl.schema import (
     ServiceSnapshot,
     in_line_order,
 )
+from etl.staging import staged_days
 from etl.validate import validate
 
 log = logging.getLogger("etl.run")
@@ -198,27 +197,6 @@ def run_days(days: DayRange, present: Sequence[dt.date]) -> list[dt.date]:
         count = (days.end - days.start).days + 1
         return [days.start + dt.timedelta(days=i) for i in range(count)]
     return sorted(present)
-
-
-def source_fingerprint(table: pa.Table) -> str:
-    """A short, stable digest of the source's content (`RawSource.table`): names the rejects file that
-    has no day. The same rows give the same digest whatever the file's shape or the reader's chunking."""
-    digest = hashlib.sha256()
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        digest.update(f"{name}:{column.type}:{len(column)}:{column.null_count};".encode())
-        if column.null_count:
-            digest.update(pc.is_null(column).to_numpy(zero_copy_only=False).tobytes())
-        if pa.types.is_string(column.type):
-            # Offsets rebased to 0 and the characters they span: chunking and slicing do not show.
-            offsets = np.frombuffer(column.buffers()[1], np.int32)[
-                column.offset : column.offset + len(column) + 1
-            ]
-            digest.update((offsets - offsets[0]).tobytes())
-            digest.update(column.buffers()[2][int(offsets[0]) : int(offsets[-1])])
-        else:
-            digest.update(column.to_numpy(zero_copy_only=False).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _client(config: RunConfig) -> RetailClient:
@@ -503,13 +481,15 @@ def task_load_and_validate(
     decimal: str | None = None,
 ) -> dict[str, Any]:
     """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder.
-    `date_format`, `delimiter` and `decimal` set the source's dialect as `--date-format` etc. do;
-    unset, it is detected. Raises `SourceError` for a value not understood."""
+    The source is validated once and staged by day under the lake (`etl.staging`): the first run of a
+    source builds the staging, every later one reads only its days. `date_format`, `delimiter` and
+    `decimal` set the source's dialect as `--date-format` etc. do; unset, it is detected. Raises
+    `SourceError` for a source or a value not understood."""
     days = DayRange(_parse_day(start), _parse_day(end))
     options = SourceOptions.from_text(date_format=date_format, delimiter=delimiter, decimal=decimal)
     work = WorkFolder.for_run(lake, source, days)
-    raw = load_source(source, options=options)
-    validated = validate(raw, days)
+    staged = staged_days(source, lake, days, options=options)
+    validated = staged.validated
     fs, _ = lake_stage.filesystem(lake)
     fs.makedirs(work.path(""), exist_ok=True)
     pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
@@ -521,11 +501,12 @@ def task_load_and_validate(
         "end": end,
         "work_key": work.key,
         "days": [d.isoformat() for d in run_days(days, validated.days)],
-        "fingerprint": source_fingerprint(raw.table),
-        "dialect": raw.dialect.describe(),
-        "source_rows": raw.num_rows,
+        "fingerprint": staged.fingerprint,
+        "dialect": staged.dialect,
+        "source_rows": staged.source_rows,
         "lines": validated.lines.num_rows,
         "rejects": validated.rejects.num_rows,
+        "staging": staged.staging,
     }
     with fs.open(work.path("meta.json"), "w") as out:
         json.dump(meta, out)
