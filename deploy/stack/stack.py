@@ -2,6 +2,7 @@
 
     python deploy/stack/stack.py up     [--dir .stack] [--name stack] [--replicas 2] [--workers 2]
                                         [--scrape-interval 15s] [--alert-for DURATION] [--no-schedule]
+                                        [--dags-folder DIR] [--source PATH]
     python deploy/stack/stack.py status [--dir .stack]     every part's health and URL
     python deploy/stack/stack.py down   [--dir .stack] [--purge]
     python deploy/stack/stack.py kill  NAME [--dir .stack] SIGKILL one part and its children (fault drills)
@@ -322,6 +323,10 @@ def shared_settings(state: State) -> dict[str, str]:
         # The broker keeps a task's message until the task has finished: when its worker dies, RabbitMQ
         # hands the message back at once (the connection closed) instead of losing it.
         "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        # Airflow's Celery settings plus the job imported once per worker process, not once per task
+        # (deploy/airflow/retail_celery_config.py says why).
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "retail_celery_config.CELERY_CONFIG",
+        "PYTHONPATH": str(REPO / "deploy" / "airflow"),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_SECONDS),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": str(
             HEARTBEAT_DETECTION_INTERVAL_SECONDS
@@ -364,6 +369,8 @@ def shared_settings(state: State) -> dict[str, str]:
         "API_KEY": API_KEY,
         "REDIS_URL": REDIS_URL,
         "REDIS_KEY_PREFIX": f"retail-stack:{name}:ratelimit",
+        # The resource cache too: stacks sharing the machine's Redis never see each other's entries.
+        "CACHE_KEY_PREFIX": f"retail-stack:{name}:cache",
         "RATE_LIMIT": "200/second",
         "MIGRATE_ON_START": "true",
         "LOG_FORMAT": "json",
@@ -717,6 +724,8 @@ def write_configs(state: State, args: argparse.Namespace) -> dict[str, str]:
     for sub in ("logs", "airflow", "nginx", "prometheus/data"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     shared = shared_settings(state)
+    shared["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(args.dags_folder).resolve())
+    shared["AIRFLOW_VAR_RETAIL_SOURCE"] = str(Path(args.source).resolve())
     if args.no_schedule:
         # Test stacks: no catch-up of the whole year when the DAG is unpaused; backfills and triggered
         # runs still run.
@@ -929,6 +938,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--scrape-interval", default="15s")
     up.add_argument("--alert-for", default=None, help="override every alert rule's `for:` (tests: 5s)")
     up.add_argument("--no-schedule", action="store_true", help="no scheduled runs; backfills/triggers only")
+    up.add_argument("--dags-folder", default=str(REPO / "dags"), help="the DAGs Airflow runs (default dags/)")
+    up.add_argument(
+        "--source",
+        default=str(REPO / "sample_data" / "online_retail_sample.csv"),
+        help="the DAG's default source (Variable retail_source; default the sample)",
+    )
     sub.choices["down"].add_argument(
         "--purge", action="store_true", help="also drop databases, vhost, folder"
     )

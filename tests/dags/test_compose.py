@@ -157,6 +157,10 @@ def test_celery_workers_broker_results_and_lost_task_detection(compose: dict[str
         "db+postgresql+psycopg://airflow:airflow@postgres:5432/airflow"
     )
     assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "True"
+    # The workers preload the job; the module named is the one the image copies into its config folder.
+    assert env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] == "retail_celery_config.CELERY_CONFIG"
+    dockerfile = (REPO / "Dockerfile.airflow").read_text()
+    assert "deploy/airflow/retail_celery_config.py /opt/airflow/config/" in dockerfile
     assert int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"]) <= 60
     assert int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"]) <= 10
     # Every Airflow component reads one definition (x-airflow-common), the workers included.

@@ -156,3 +156,25 @@ def test_down_without_a_stack_is_a_no_op(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert result.returncode == 0 and "nothing to stop" in result.stderr
+
+
+def _maps_pyarrow(pid: int) -> bool:
+    try:
+        return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # ended meanwhile
+        return False
+
+
+def test_each_workers_pool_processes_have_the_job_imported_before_any_task(stack: Stack) -> None:
+    # deploy/airflow/retail_celery_config.py: the pool processes import etl.pipeline when they start, so
+    # that the task processes they fork find pyarrow & co. loaded. pyarrow's C++ library mapped into a
+    # pool process shows it; the worker's main process, which forks the pool, does not import it.
+    import psutil
+
+    for worker in ("worker-1", "worker-2"):
+        pid = stack.pid(worker)
+        assert pid is not None
+        main = psutil.Process(pid)
+        preloaded = [child.pid for child in main.children() if _maps_pyarrow(child.pid)]
+        assert len(preloaded) >= 4, f"{worker}: {len(preloaded)} pool processes with pyarrow, want 4"
+        assert not _maps_pyarrow(pid), f"{worker}: the main process imported pyarrow itself"
