@@ -18,7 +18,7 @@ Walls are from the unpause (or the trigger, or the command's start) to the last 
 metadata database. Both lakes the DAG wrote are compared, table by table and row by row, with the CLI's:
 a difference fails the benchmark. Per task it prints the mean task-instance duration of the floor and of
 the job, the job's own seconds inside the task (its XCom `seconds`), and their difference: the
-per-task overhead. Peak memory is the sum of every stack process' RSS (sampled every 0.5 s) and, for
+per-task overhead. Peak memory is the sum of every stack process' PSS (sampled every 0.5 s) and, for
 the CLI, its own.
 
 `--days N` stops each catch-up after its first N runs (pausing the DAG, letting the running tasks end)
@@ -85,8 +85,8 @@ class Phase:
     name: str
     wall_seconds: float
     runs: int
-    peak_stack_rss_mb: float
-    peak_own_rss_mb: float | None = None
+    peak_stack_pss_mb: float
+    peak_own_pss_mb: float | None = None
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -133,27 +133,34 @@ class Stack:
         return [int(part["pid"]) for part in self.state["parts"].values() if part.get("pid")]
 
 
+def _pss_bytes(pid: int) -> int:
+    """The process' proportional set size: shared pages (the forked task processes share most of
+    theirs) counted once across the processes that share them, not once per process as RSS would."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:  # ended meanwhile
+        pass
+    return 0
+
+
 @contextmanager
-def rss_sampler(roots: Callable[[], list[int]]) -> Iterator[dict[str, float]]:
-    """Sample, every 0.5 s, the summed RSS of `roots()` and their descendants; the peak in MB."""
+def memory_sampler(roots: Callable[[], list[int]]) -> Iterator[dict[str, float]]:
+    """Sample, every 0.5 s, the summed PSS of `roots()` and their descendants; the peak in MB."""
     peak = {"mb": 0.0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            total = 0
+            pids: set[int] = set()
             for pid in roots():
                 try:
                     process = psutil.Process(pid)
-                    family = [process, *process.children(recursive=True)]
+                    pids.update([pid, *(child.pid for child in process.children(recursive=True))])
                 except psutil.Error:
                     continue
-                for member in family:
-                    try:
-                        total += member.memory_info().rss
-                    except psutil.Error:
-                        continue
-            peak["mb"] = max(peak["mb"], total / 1e6)
+            peak["mb"] = max(peak["mb"], sum(_pss_bytes(pid) for pid in pids) / 1e6)
             stop.wait(0.5)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -286,7 +293,7 @@ def task_stats(stack: Stack, dag_id: str, run_ids: list[str]) -> dict[str, dict[
 
 
 def run_cli(stack: Stack, source: Path, lake: str, days: int) -> tuple[float, float]:
-    """`retail-etl run` over the benchmark's days through nginx into `lake`; wall and peak RSS (MB)."""
+    """`retail-etl run` over the benchmark's days through nginx into `lake`; wall and peak PSS (MB)."""
     last = FIRST_INVOICE_DAY + dt.timedelta(days=days - 1)
     command = [sys.executable, "-m", "etl.cli", "run", "--source", str(source), "--lake", lake]
     command += ["--start", FIRST_INVOICE_DAY.isoformat(), "--end", last.isoformat()]
@@ -299,7 +306,7 @@ def run_cli(stack: Stack, source: Path, lake: str, days: int) -> tuple[float, fl
         stderr=subprocess.PIPE,
         text=True,
     )
-    with rss_sampler(lambda: [process.pid]) as peak:
+    with memory_sampler(lambda: [process.pid]) as peak:
         _, err = process.communicate(timeout=PHASE_TIMEOUT_SECONDS)
     wall = time.perf_counter() - started
     if process.returncode != 0:
@@ -350,7 +357,7 @@ def measure(stack: Stack, source: Path, days: int) -> list[Phase]:
     )
 
     print(f"floor: retail_etl_floor's catch-up of {days} runs ...", flush=True)
-    with rss_sampler(stack.pids) as peak:
+    with memory_sampler(stack.pids) as peak:
         wall, runs = catch_up(stack, "retail_etl_floor", days)
     phases.append(
         Phase("floor", wall, len(runs), peak["mb"], tasks=task_stats(stack, "retail_etl_floor", runs))
@@ -358,13 +365,13 @@ def measure(stack: Stack, source: Path, days: int) -> list[Phase]:
 
     reset_service(stack)
     print(f"cli: retail-etl run over the same {days} days ...", flush=True)
-    with rss_sampler(stack.pids) as peak:
+    with memory_sampler(stack.pids) as peak:
         wall, own = run_cli(stack, source, "s3://retail-lake/cli", days)
     phases.append(Phase("cli", wall, 1, peak["mb"], own))
 
     reset_service(stack)
     print(f"catch-up: retail_etl's catch-up of {days} runs ...", flush=True)
-    with rss_sampler(stack.pids) as peak:
+    with memory_sampler(stack.pids) as peak:
         wall, runs = catch_up(stack, "retail_etl", days)
     phases.append(Phase("catch-up", wall, len(runs), peak["mb"], tasks=task_stats(stack, "retail_etl", runs)))
     rows = compare_lakes(stack, "s3://retail-lake/cli", stack.env["RETAIL_LAKE"], days)
@@ -373,7 +380,7 @@ def measure(stack: Stack, source: Path, days: int) -> list[Phase]:
     if days == ALL_DAYS:
         reset_service(stack)
         print("range: one run of retail_etl over every day ...", flush=True)
-        with rss_sampler(stack.pids) as peak:
+        with memory_sampler(stack.pids) as peak:
             wall, runs = range_run(stack, "s3://retail-lake/range")
         phases.append(Phase("range", wall, 1, peak["mb"], tasks=task_stats(stack, "retail_etl", runs)))
         rows = compare_lakes(stack, "s3://retail-lake/cli", "s3://retail-lake/range", days)
@@ -391,12 +398,14 @@ def report(phases: list[Phase], days: int, source: Path) -> dict[str, Any]:
     by = {phase.name: phase for phase in phases}
     print()
     print(f"source {source.name}, {days} days, 2 Celery workers, max_active_runs 4; load {os.getloadavg()}")
-    print(f"{'phase':10} {'wall s':>9} {'runs':>5} {'s/day':>7} {'peak stack MB':>14} {'peak own MB':>12}")
+    print(
+        f"{'phase':10} {'wall s':>9} {'runs':>5} {'s/day':>7} {'stack PSS MB':>14} {'own PSS MB':>12}"
+    )
     for phase in phases:
-        own = f"{phase.peak_own_rss_mb:12.0f}" if phase.peak_own_rss_mb else f"{'':12}"
+        own = f"{phase.peak_own_pss_mb:12.0f}" if phase.peak_own_pss_mb else f"{'':12}"
         print(
             f"{phase.name:10} {phase.wall_seconds:9.1f} {phase.runs:5d} {phase.wall_seconds / days:7.3f} "
-            f"{phase.peak_stack_rss_mb:14.0f} {own}"
+            f"{phase.peak_stack_pss_mb:14.0f} {own}"
         )
     ratios: dict[str, float] = {}
     floor, cli, catch, ranged = (by.get(n) for n in ("floor", "cli", "catch-up", "range"))
