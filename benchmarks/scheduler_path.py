@@ -334,9 +334,10 @@ def compare_lakes(stack: Stack, expected: str, actual: str, days: int) -> dict[s
     return rows
 
 
-def stack_up(directory: Path, dags: Path, source: Path, name: str) -> None:
+def stack_up(directory: Path, dags: Path, source: Path, name: str, *options: str) -> None:
+    """`stack.py up` with this DAG folder and source (and `options`); fails the benchmark if it fails."""
     command = [sys.executable, str(STACK), "up", "--dir", str(directory), "--name", name]
-    command += ["--dags-folder", str(dags), "--source", str(source)]
+    command += ["--dags-folder", str(dags), "--source", str(source), *options]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise BenchmarkError(f"stack up failed: {result.stderr[-3000:]}")
