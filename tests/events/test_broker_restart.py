@@ -25,6 +25,9 @@ from tests.support.service import live_service
 
 INVOICES = 20
 
+# Every other test that uses the broker (and the stack's Celery workers) would fail while it is stopped.
+pytestmark = pytest.mark.exclusive
+
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Fixtures of the fault tests: the session's fault report, printed at the end of the run."""
+"""Fixtures of the fault tests: the session's fault report (printed by tests/conftest.py at the end)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.report import MARKDOWN_PATH, FaultReport
-
-_written: list[FaultReport] = []
+from tests.faults.report import FaultReport
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +15,3 @@ def fault_report() -> Iterator[FaultReport]:
     report = FaultReport()
     yield report
     report.write()
-    _written.append(report)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The fault report under the test summary (also: `python -m tests.faults.report`)."""
-    for report in _written:
-        if report.scenarios:
-            terminalreporter.write_sep("=", f"fault report ({MARKDOWN_PATH})")
-            terminalreporter.write(MARKDOWN_PATH.read_text())
