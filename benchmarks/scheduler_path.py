@@ -349,6 +349,33 @@ def stack_down(directory: Path, purge: bool) -> None:
     subprocess.run(command, cwd=ROOT, capture_output=True, timeout=300)
 
 
+@contextmanager
+def benchmark_stack(
+    name: str, dag_files: list[Path], source: Path, *options: str, keep: bool
+) -> Iterator[Stack]:
+    """A stack of its own for one benchmark run, with a DAG folder holding `dag_files`; stopped and purged
+    afterwards, unless `keep`, or unless a BenchmarkError ended the run (its logs and databases stay for
+    the post-mortem; the error goes on to the caller)."""
+    work = Path(tempfile.mkdtemp(prefix=f"retail-{name}-"))
+    dags = work / "dags"
+    dags.mkdir()
+    for dag_file in dag_files:
+        shutil.copy(dag_file, dags)
+    directory = work / "stack"
+    purge = True
+    try:
+        stack_up(directory, dags, source, f"{name}{secrets.token_hex(3)}", *options)
+        yield Stack(directory)
+    except BenchmarkError as error:
+        purge = False
+        raise BenchmarkError(f"{error} (logs: {directory / 'logs'})") from error
+    finally:
+        if not keep and (directory / "state.json").exists():
+            stack_down(directory, purge=purge)
+        if not keep and purge:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def measure(stack: Stack, source: Path, days: int) -> list[Phase]:
     phases: list[Phase] = []
     wait_for(
@@ -399,9 +426,7 @@ def report(phases: list[Phase], days: int, source: Path) -> dict[str, Any]:
     by = {phase.name: phase for phase in phases}
     print()
     print(f"source {source.name}, {days} days, 2 Celery workers, max_active_runs 4; load {os.getloadavg()}")
-    print(
-        f"{'phase':10} {'wall s':>9} {'runs':>5} {'s/day':>7} {'stack PSS MB':>14} {'own PSS MB':>12}"
-    )
+    print(f"{'phase':10} {'wall s':>9} {'runs':>5} {'s/day':>7} {'stack PSS MB':>14} {'own PSS MB':>12}")
     for phase in phases:
         own = f"{phase.peak_own_pss_mb:12.0f}" if phase.peak_own_pss_mb else f"{'':12}"
         print(
@@ -472,27 +497,17 @@ def main() -> int:
     if not source.exists():
         print(f"error: no source at {source} (give --source)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="retail-scheduler-bench-"))
-    dags = work / "dags"
-    dags.mkdir()
-    shutil.copy(ROOT / "dags" / "retail_etl.py", dags)
-    shutil.copy(FLOOR_DAG, dags)
-    directory = work / "stack"
-    name = f"bench{secrets.token_hex(3)}"
-    purge = not args.keep
     try:
-        stack_up(directory, dags, source, name)
-        phases = measure(Stack(directory), source, args.days)
-        results = report(phases, args.days, source)
+        with benchmark_stack(
+            "bench", [ROOT / "dags" / "retail_etl.py", FLOOR_DAG], source, keep=args.keep
+        ) as stack:
+            phases = measure(stack, source, args.days)
+            results = report(phases, args.days, source)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))
     except BenchmarkError as error:
-        purge = False  # the logs and databases stay for the post-mortem
-        print(f"error: {error} (logs: {directory / 'logs'})", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    finally:
-        if not args.keep and (directory / "state.json").exists():
-            stack_down(directory, purge=purge)
     return 0
 
 

@@ -27,11 +27,8 @@ import argparse
 import datetime as dt
 import json
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +39,9 @@ from scheduler_path import (
     ROOT,
     BenchmarkError,
     Stack,
+    benchmark_stack,
     compare_lakes,
     reset_service,
-    stack_down,
-    stack_up,
     wait_for,
 )
 
@@ -315,39 +311,28 @@ def main() -> int:
     if not source.exists():
         print(f"error: no source at {source} (give --source)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="retail-worker-death-"))
-    dags = work / "dags"
-    dags.mkdir()
-    shutil.copy(ROOT / "dags" / "retail_etl.py", dags)
-    directory = work / "stack"
-    purge = True
+    dag = ROOT / "dags" / "retail_etl.py"
     try:
-        stack_up(directory, dags, source, f"death{secrets.token_hex(3)}", "--no-schedule")
-        stack = Stack(directory)
-        stack.airflow("dags", "unpause", "retail_etl")  # no scheduled runs: --no-schedule
-        rounds = []
-        for n in range(1, args.rounds + 1):
-            tag = f"r{n}-{secrets.token_hex(2)}"
-            print(f"round {n}: fault-free backfill of {args.days} days ...", flush=True)
-            started = time.monotonic()
-            clean = month(stack, args.days, f"s3://retail-lake/clean-{tag}", None)
-            print(f"  {clean.wall_seconds:.1f} s ({time.monotonic() - started:.0f} s with the wait)")
-            print(f"round {n}: the same backfill, a worker killed after {args.kill_after} runs ...")
-            faulty = month(stack, args.days, f"s3://retail-lake/killed-{tag}", args.kill_after)
-            print(f"  {faulty.wall_seconds:.1f} s", flush=True)
-            rows = compare_lakes(stack, clean.lake, faulty.lake, args.days)
-            print(f"  lake with the kill = fault-free lake, row for row: {rows}", flush=True)
-            rounds.append((clean, faulty))
+        with benchmark_stack("death", [dag], source, "--no-schedule", keep=args.keep) as stack:
+            stack.airflow("dags", "unpause", "retail_etl")  # no scheduled runs: --no-schedule
+            rounds = []
+            for n in range(1, args.rounds + 1):
+                tag = f"r{n}-{secrets.token_hex(2)}"
+                print(f"round {n}: fault-free backfill of {args.days} days ...", flush=True)
+                clean = month(stack, args.days, f"s3://retail-lake/clean-{tag}", None)
+                print(f"  {clean.wall_seconds:.1f} s")
+                print(f"round {n}: the same backfill, a worker killed after {args.kill_after} runs ...")
+                faulty = month(stack, args.days, f"s3://retail-lake/killed-{tag}", args.kill_after)
+                print(f"  {faulty.wall_seconds:.1f} s", flush=True)
+                rows = compare_lakes(stack, clean.lake, faulty.lake, args.days)
+                print(f"  lake with the kill = fault-free lake, row for row: {rows}", flush=True)
+                rounds.append((clean, faulty))
         results = report(rounds, args.days)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=str))
     except BenchmarkError as error:
-        purge = False  # the logs and databases stay for the post-mortem
-        print(f"error: {error} (logs: {directory / 'logs'})", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    finally:
-        if not args.keep and (directory / "state.json").exists():
-            stack_down(directory, purge=purge)
     return 0
 
 
