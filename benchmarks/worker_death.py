@@ -258,6 +258,18 @@ def stack_script(stack: Stack, *args: str) -> Any:
     )  # fmt: skip
 
 
+def _lost_task(task: LostTask) -> str:
+    """`post (failed +34.0 s, queued +39.9 s, started +40.0 s)`."""
+    if task.detected_after is None and task.rerun_after is None:
+        # Seen running, yet it reported its end before the SIGKILL landed: nothing was lost.
+        return f"{task.task_id} (ended before the kill landed)"
+    nan = float("nan")
+    return (
+        f"{task.task_id} (failed +{task.detected_after or nan:.1f} s, "
+        f"queued +{task.queued_after or nan:.1f} s, started +{task.rerun_after or nan:.1f} s)"
+    )
+
+
 def report(rounds: list[tuple[Backfill, Backfill]], days: int) -> dict[str, Any]:
     """Print each round and the medians; return them for --json."""
     import os
@@ -269,11 +281,7 @@ def report(rounds: list[tuple[Backfill, Backfill]], days: int) -> dict[str, Any]
     for n, (clean, faulty) in enumerate(rounds, 1):
         cost = faulty.wall_seconds - clean.wall_seconds
         costs.append(cost)
-        lost = ", ".join(
-            f"{t.task_id} (failed +{t.detected_after or float('nan'):.1f} s, "
-            f"queued +{t.queued_after or float('nan'):.1f} s, started +{t.rerun_after or float('nan'):.1f} s)"
-            for t in faulty.lost or []
-        )
+        lost = ", ".join(_lost_task(t) for t in faulty.lost or [])
         reruns += [t.rerun_after for t in faulty.lost or [] if t.rerun_after is not None]
         print(f"{n:<6} {clean.wall_seconds:12.1f} {faulty.wall_seconds:16.1f} {cost:8.1f}  {lost}")
     cost = statistics.median(costs)
