@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
@@ -198,6 +197,8 @@ def issue_token(
         # The client's generation when issued: a rotation or revocation ends the token (api.auth.deps).
         "gen": generation,
     }
+    import jwt  # here, not at the top: see verify_token
+
     return jwt.encode(claims, config.signing_key, algorithm=ALGORITHM)
 
 
@@ -207,6 +208,10 @@ class InvalidToken(Exception):
 
 def verify_token(config: TokenSettings, token: str) -> AccessToken:
     """The claims of a token this service signed and that has not expired; `InvalidToken` otherwise."""
+    # Imported on the first token, not with the service: PyJWT loads `cryptography` (~10 MiB in each
+    # worker) and most traffic, the job's included, carries API keys only.
+    import jwt
+
     try:
         claims = jwt.decode(
             token,
