@@ -163,8 +163,9 @@ class Stack:
 DAYS = ("2010-12-01", "2010-12-02")
 DAY_DATES = [dt.date.fromisoformat(day) for day in DAYS]
 LINES_ON_DAYS = 3108 + 2109
-#: Bounds on waits (never asserted on): a backfill of two days takes ~30 s here, one with a lost worker
-#: about two to three minutes (detection + the DAG's own retry delay of 1-2 min).
+#: Bounds on waits (never asserted on): a backfill of two days takes 15-30 s here, one with a lost worker
+#: about a minute more (detection after 30 s, then the DAG's retry delay: 10-20 s for the second try of a
+#: reprocessed day, docs/scale.md).
 RUN_TIMEOUT_SECONDS = 420
 
 
