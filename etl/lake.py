@@ -105,6 +105,11 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+=-]{0,199}$")
 #: noise of each other. Each thread holds one partition's bytes; object stores, where a write mostly
 #: waits on the network, may want more (`max_writers`).
 DEFAULT_WRITERS = 4
+# On object stores a write of up to this many units (a daily run: its day, perhaps the undated
+# rejects) looks only at its units' keys, a few requests each; a larger one lists the whole lake once,
+# which a per-unit lookup would outnumber. Listing the whole lake for every daily run would make a
+# year's catch-up quadratic in the lake's size.
+_PER_UNIT_LOOKUPS_UP_TO = 8
 
 
 def _without_partition(schema: pa.Schema) -> pa.Schema:
@@ -245,7 +250,7 @@ def write_lake(
     uncommitted: set[str] = set()
     try:
         committed = _read_manifests(fs, base, [unit.key for unit in units])
-        published = _list_tables(fs, base)
+        published = _list_tables(fs, base, units)
         plans = [_UnitPlan(unit, committed.get(unit.key)) for unit in units]
         _list_objects(fs, base, plans)
         to_write = [
@@ -649,8 +654,9 @@ def _read_manifests(
 ) -> dict[str, _Committed]:
     """The committed manifests among `keys` (None: all of them), with what a conditional commit needs.
 
-    On S3 the ETags come from the listing, before the bodies are read: if a manifest changes in
-    between, the commit based on it fails its `If-Match` instead of overwriting the newer one.
+    On S3 the ETags come from the listing (for a few keys: from a HEAD of each), before the bodies
+    are read: if a manifest changes in between, the commit based on it fails its `If-Match` instead
+    of overwriting the newer one.
     """
     directory = f"{base}/{MANIFEST_DIR}"
     found: dict[str, tuple[bytes, str | None]] = {}
@@ -667,11 +673,14 @@ def _read_manifests(
             except FileNotFoundError:
                 continue  # removed since the listing: not committed
     else:
-        listing = {
-            path.rsplit("/", 1)[1][: -len(".json")]: info
-            for path, info in _listing(fs, directory).items()
-            if path.endswith(".json")
-        }
+        if keys is not None and len(keys) <= _PER_UNIT_LOOKUPS_UP_TO:
+            listing = {key: info for key in keys if (info := _object_info(fs, _manifest_path(base, key)))}
+        else:
+            listing = {
+                path.rsplit("/", 1)[1][: -len(".json")]: info
+                for path, info in _listing(fs, directory).items()
+                if path.endswith(".json")
+            }
         wanted = [key for key in (sorted(listing) if keys is None else keys) if key in listing]
         if wanted:
             bodies = fs.cat([_manifest_path(base, key) for key in wanted])
@@ -825,7 +834,11 @@ def _list_objects(fs: fsspec.AbstractFileSystem, base: str, plans: Sequence[_Uni
                         )
         return
     by_partition: dict[str, dict[str, dt.datetime | None]] = {}
-    for path, info in _listing(fs, f"{base}/{OBJECT_DIR}").items():
+    if len(plans) <= _PER_UNIT_LOOKUPS_UP_TO:
+        listings = [_listing(fs, f"{base}/{OBJECT_DIR}/{p}") for p in {plan.unit.partition for plan in plans}]
+    else:
+        listings = [_listing(fs, f"{base}/{OBJECT_DIR}")]
+    for path, info in (item for listing in listings for item in listing.items()):
         partition, name = path.rsplit("/", 2)[-2:]
         by_partition.setdefault(partition, {})[name] = _modified(info)
     for plan in plans:
@@ -1215,19 +1228,38 @@ def _listing(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict[str, An
     return {p: info for p, info in found.items() if info.get("type", "file") != "directory"}
 
 
-def _list_tables(fs: fsspec.AbstractFileSystem, base: str) -> dict[str, dict[str, Mapping[str, Any] | None]]:
-    """The published files of every table under `base`, as {directory: {file name: details}}, after
-    deleting the temporary files an interrupted write left behind (details: object stores only).
-    One listing per table: it then answers which files exist, so none is looked up on its own."""
+def _list_tables(
+    fs: fsspec.AbstractFileSystem, base: str, units: Sequence[_Unit]
+) -> dict[str, dict[str, Mapping[str, Any] | None]]:
+    """The published files of every table under `base` (on object stores, of `units`' partitions
+    when they are few), as {directory: {file name: details}}, after deleting the temporary files an
+    interrupted write left behind (details: object stores only). One listing per table (or table
+    partition): it then answers which files exist, so none is looked up on its own."""
+    if _is_local(fs) or len(units) > _PER_UNIT_LOOKUPS_UP_TO:
+        folders = [f"{base}/{table}" for table in TABLES]
+    else:
+        # Temporary files are a local write's (an object store's PUT and copy are whole), so the
+        # folders outside these units hold nothing to clean up here.
+        folders = sorted({f"{base}/{table}/{unit.partition}" for unit in units for table in unit.tables})
     stored: dict[str, dict[str, Mapping[str, Any] | None]] = {}
-    for table in TABLES:
-        for found, info in _files_with_details(fs, f"{base}/{table}"):
+    for folder in folders:
+        for found, info in _files_with_details(fs, folder):
             directory, name = found.rsplit("/", 1)
             if name.startswith(".") and name.endswith(_TEMP_SUFFIX):
                 fs.rm(found)
             else:
                 stored.setdefault(directory, {})[name] = info
     return stored
+
+
+def _object_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """The details (ETag) of the object at `path` on an object store, fresh; None when absent."""
+    fs.invalidate_cache(path)  # not an answer from an earlier listing
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return dict(info) if info.get("type", "file") != "directory" else None
 
 
 def _files_with_details(

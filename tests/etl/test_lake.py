@@ -690,15 +690,22 @@ def bucket(s3_options: dict[str, Any]) -> Iterator[str]:
     fs.rm(name, recursive=True)
 
 
+@pytest.mark.parametrize("per_unit_up_to", [8, 0], ids=["per-unit-lookups", "whole-lake-listings"])
 def test_s3_round_trip_rerun_and_report(
-    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot
+    bucket: str,
+    s3_options: dict[str, Any],
+    sample_snapshot: ServiceSnapshot,
+    per_unit_up_to: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The sample's 5 units are looked up one by one, or (a larger write) found in whole-lake listings.
+    monkeypatch.setattr(lake_module, "_PER_UNIT_LOOKUPS_UP_TO", per_unit_up_to)
     root = f"s3://{bucket}/lake"
 
     report = write_sample(root, sample_snapshot, storage_options=s3_options)
     before = {p: b for p, b in _s3_files(bucket, s3_options).items()}
     again = write_sample(root, sample_snapshot, storage_options=s3_options)
-    # One listing of the bucket told which files exist: each was compared, none rewritten.
+    # The listings told which files exist: each was compared, none rewritten.
     assert again.files_written == () and len(again.files_unchanged) == 14
     location = write_run_report(root, "run-1", report.as_dict(), storage_options=s3_options)
 
@@ -736,6 +743,50 @@ def test_s3_round_trip_rerun_and_report(
     after = read_lake_table(root, "invoice_lines", storage_options=s3_options)
     assert DAY2 not in set(after["invoice_day"].to_pylist())
     assert after.num_rows == 8326 - lines_of_day(lines_all, DAY2).num_rows
+
+
+def test_s3_a_daily_write_looks_only_at_its_own_day(
+    bucket: str, s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catch-up writes one day per run into a growing lake: what one run lists must not grow with it.
+    root = f"s3://{bucket}/lake"
+    write_sample(root, sample_snapshot, storage_options=s3_options)
+    listed: list[str] = []
+    looked_up: list[str] = []
+    real_listing, real_info = lake_module._listing, lake_module._object_info
+
+    def listing(fs: Any, path: str) -> Any:
+        listed.append(path.removeprefix(f"{bucket}/lake/"))
+        return real_listing(fs, path)
+
+    def object_info(fs: Any, path: str) -> Any:
+        looked_up.append(path.removeprefix(f"{bucket}/lake/"))
+        return real_info(fs, path)
+
+    monkeypatch.setattr(lake_module, "_listing", listing)
+    monkeypatch.setattr(lake_module, "_object_info", object_info)
+    day = sample_snapshot_for(sample_snapshot, DAY3)
+    doubled = ServiceSnapshot(doubled_lines(day), day.customers)
+    report = write_lake(
+        root, [DAY3], doubled, REJECT_SCHEMA.empty_table(), source_fingerprint="x", storage_options=s3_options
+    )
+
+    # Its units: the day, and source "x"'s undated rejects (none now: an old file would go).
+    partition, undated = f"invoice_day={DAY3.isoformat()}", "invoice_day=__HIVE_DEFAULT_PARTITION__"
+    assert report.manifests_committed == (partition,)
+    # Each manifest read, and read again after publishing; nothing else looked up.
+    assert set(looked_up) == {f"_lake/manifests/{partition}.json", f"_lake/manifests/{undated}.x.json"}
+    assert sorted(set(listed)) == sorted(
+        [f"{table}/{partition}" for table in TABLES]
+        + [f"rejects/{undated}", f"_lake/objects/{partition}", f"_lake/objects/{undated}"]
+    )
+    monkeypatch.undo()
+    lines = read_lake_table(root, "invoice_lines", storage_options=s3_options)
+    others = sorted_lines(
+        sample_snapshot.lines.filter(pc.not_equal(sample_snapshot.lines["invoice_day"], DAY3))
+    )
+    assert lines.filter(pc.not_equal(lines["invoice_day"], DAY3)).equals(others)
+    assert lines.filter(pc.equal(lines["invoice_day"], DAY3)).equals(sorted_lines(doubled.lines))
 
 
 def test_s3_missing_bucket_is_a_lake_error(
