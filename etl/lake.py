@@ -942,7 +942,9 @@ def _publish_file(
     """Put a copy of the committed object `source` at `target`, whole: a reader sees the old file or
     this one."""
     if not _is_local(fs):
-        fs.copy(source, target)  # S3: CopyObject, server-side; the new object appears whole
+        # S3: a HEAD, then CopyObject, server-side; the new object appears whole. (copy() would
+        # first list both paths, to expand folders and globs, which these never are.)
+        fs.cp_file(source, target)
         return
     directory, name = target.rsplit("/", 1)
     if directory not in directories:
@@ -1222,7 +1224,14 @@ def _listing(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict[str, An
     """Every file below `path` on an object store, with its details (ETag, LastModified)."""
     fs.invalidate_cache(path)  # object-store listings are cached per filesystem instance
     try:
-        found = fs.find(path, detail=True)
+        if _is_s3(fs) and "/" in path:
+            # One LIST of the keys under `path/`: s3fs's find(path) follows an empty listing with a
+            # HEAD and a second LIST to tell a missing folder from a file, three requests for the
+            # usual answer of a daily write (nothing there yet).
+            parent, name = path.rsplit("/", 1)
+            found = fs.find(parent, prefix=f"{name}/", detail=True)
+        else:
+            found = fs.find(path, detail=True)
     except FileNotFoundError:
         return {}
     return {p: info for p, info in found.items() if info.get("type", "file") != "directory"}
@@ -1256,6 +1265,10 @@ def _object_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | N
     """The details (ETag) of the object at `path` on an object store, fresh; None when absent."""
     fs.invalidate_cache(path)  # not an answer from an earlier listing
     try:
+        if _is_s3(fs):
+            # One HEAD; s3fs's info() follows a 404 with a LIST, to see whether it is a folder.
+            bucket, key, _version = fs.split_path(path)
+            return dict(fs.call_s3("head_object", Bucket=bucket, Key=key))
         info = fs.info(path)
     except FileNotFoundError:
         return None

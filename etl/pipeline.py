@@ -607,7 +607,11 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table:
     fs, _ = lake_stage.filesystem(work.lake)
-    return pq.read_table(work.path(name), filesystem=fs, schema=schema)
+    if lake_stage.is_local_filesystem(fs):
+        return pq.read_table(work.path(name), filesystem=fs, schema=schema)
+    # On an object store one GET of the whole file: a reader through fsspec makes three HEADs and
+    # ranged GETs for a file that is read whole anyway.
+    return pq.read_table(pa.BufferReader(fs.cat_file(work.path(name))), schema=schema)
 
 
 def _parse_day(value: str | None) -> dt.date | None:
