@@ -11,7 +11,9 @@ the task process has too, for free. The DAG's tasks import `etl.pipeline` (pyarr
 s3fs: 0.35-0.6 s of imports on this machine, once
 Airflow's own are loaded) inside each task, which keeps parsing the DAG file cheap but paid
 the import in every one of the 6 tasks of every run. Importing it once here, in each pool process when it
-starts, takes that cost off every task. Only worker pool processes import it: the scheduler, which
+starts, takes that cost off every task. The same holds for what an S3 client is made from (botocore's
+service model and endpoint rules, ~0.15 s), loaded here into the job's shared session
+(`etl.lake.prepare_s3_client`). Only worker pool processes import it: the scheduler, which
 imports this module for the executor's Celery app, never fires `worker_process_init`.
 """
 
@@ -41,3 +43,10 @@ def import_the_job(**_: Any) -> None:
             importlib.import_module(module)
         except Exception:
             log.exception("could not preload %s; each task will import it itself", module)
+    try:
+        # The tasks' first S3 request then skips making the client's model (~0.15 s a task).
+        from etl.lake import prepare_s3_client
+
+        prepare_s3_client()
+    except Exception:
+        log.exception("could not prepare the S3 client; each task will make its own")

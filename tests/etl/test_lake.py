@@ -789,6 +789,33 @@ def test_s3_a_daily_write_looks_only_at_its_own_day(
     assert lines.filter(pc.equal(lines["invoice_day"], DAY3)).equals(sorted_lines(doubled.lines))
 
 
+def test_s3_filesystems_share_one_session_per_aws_environment(
+    bucket: str, s3_endpoint: str, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What S3 clients are made from is loaded once per process (and inherited by forked task
+    # processes), but a changed AWS environment must still be obeyed: a new endpoint, new credentials.
+    monkeypatch.setattr(lake_module, "_S3_SESSIONS", {})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    lake_module.prepare_s3_client()
+    first = lake_module._s3_session()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    fs, _ = lake_module.filesystem(f"s3://{bucket}/lake", {"skip_instance_cache": True})
+    second = lake_module._s3_session()
+
+    assert second is not first and fs.session is second
+    assert lake_module.filesystem(f"s3://{bucket}/other", {"skip_instance_cache": True})[0].session is second
+    # An explicit profile or session is the caller's choice: none is put in its place.
+    own = object()
+    assert lake_module.filesystem(f"s3://{bucket}/lake", {"session": own})[0].session is own
+    day = sample_snapshot_for(sample_snapshot, DAY4)
+    root = f"s3://{bucket}/lake"
+    write_lake(root, [DAY4], day, REJECT_SCHEMA.empty_table(), source_fingerprint="x")
+    assert read_lake_table(root, "invoice_lines").equals(sorted_lines(day.lines))
+
+
 def test_s3_missing_bucket_is_a_lake_error(
     s3_options: dict[str, Any], sample_snapshot: ServiceSnapshot
 ) -> None:
