@@ -30,14 +30,30 @@ def _wait_healthy(url: str, service: subprocess.Popen[bytes], log_path: Path) ->
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            break
+            sys.exit(
+                f"error: the service stopped at start (exit {service.returncode}): "
+                f"{_last_error_line(log_path)}; see {log_path}"
+            )
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    sys.exit(f"error: the service did not become healthy; see {log_path}")
+    sys.exit(f"error: the service did not become healthy within 60 s; see {log_path}")
+
+
+def _last_error_line(log_path: Path) -> str:
+    """The line of the service's log that says why it died: a traceback's last line (the exception), else
+    the last line written."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return "it wrote nothing"
+    # A traceback ends with "SomeError: message"; uvicorn may log a line or two after it.
+    for line in reversed(lines):
+        if line.split(":", 1)[0].endswith(("Error", "Exception")) and not line.startswith("File "):
+            return line
+    return lines[-1]
 
 
 def main() -> int:
