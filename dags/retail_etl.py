@@ -270,6 +270,7 @@ def retail_etl() -> None:
                 date_format=params.get("date_format"),
                 delimiter=params.get("delimiter"),
                 decimal=params.get("decimal"),
+                run_id=str(context["run_id"]),
             )
 
     @task(task_id="post", pool=POOL, execution_timeout=dt.timedelta(hours=2), multiple_outputs=False)

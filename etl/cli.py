@@ -167,7 +167,7 @@ def run_command(
     ] = OnConflictChoice.FAIL,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
-    from etl.pipeline import RunConfig, RunReport, run  # heavy imports after argument parsing
+    from etl.pipeline import RunReport, run, run_config  # heavy imports after argument parsing
     from etl.post import parse_on_conflict
 
     source_options = _source_options(date_format, delimiter, decimal, encoding)
@@ -182,23 +182,19 @@ def run_command(
     key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
     if not key and not dry_run:
         raise typer.BadParameter("give --api-key or set RETAIL_API_KEY", param_hint="--api-key")
-    config = RunConfig(
+    config = run_config(
+        settings,
         source=source,
-        api_url=api_url or settings.api_url,
+        api_url=api_url,
         api_key=key or "",
-        lake=lake or settings.lake,
+        lake=lake,
         days=days,
         dry_run=dry_run,
-        concurrency=concurrency or settings.concurrency,
-        lines_per_request=settings.lines_per_request,
-        page_size=settings.page_size,
-        cache_dir=settings.cache_dir,
-        retry_budget_seconds=settings.retry_budget_seconds,
-        request_timeout_seconds=settings.request_timeout_seconds,
-        pushgateway_url=pushgateway or settings.pushgateway_url,
-        warehouse_url=warehouse or settings.warehouse_url,
-        notify_url=notify or settings.notify_url,
-        notify_exchange=notify_exchange or settings.notify_exchange,
+        concurrency=concurrency,
+        pushgateway_url=pushgateway,
+        warehouse_url=warehouse,
+        notify_url=notify,
+        notify_exchange=notify_exchange,
         source_options=source_options,
         on_conflict=parse_on_conflict(on_conflict.value),
     )

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -34,21 +35,22 @@ from etl.config import JobSettings
 from etl.destinations import fanout
 from etl.destinations.lake import LakeDestination
 from etl.dialect import SourceOptions
-from etl.load import load_source, source_fingerprint
+from etl.lake import PARTITION_COLUMN, LakeReport
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
 from etl.reconcile import ReconcileReport, reconcile
+from etl.reconcile import combine as combine_checks
 from etl.schema import (
     CUSTOMER_SCHEMA,
     LINE_SCHEMA,
     REJECT_SCHEMA,
     DayRange,
     ServiceSnapshot,
+    ValidatedSource,
     in_line_order,
 )
-from etl.staging import staged_days
-from etl.validate import validate
+from etl.staging import Staging, stage_source
 
 log = logging.getLogger("etl.run")
 
@@ -75,6 +77,7 @@ class RunConfig:
     concurrency: int = 4
     lines_per_request: int = 20_000
     page_size: int = 1000
+    lines_per_unit: int = 250_000
     cache_dir: Path | None = None
     retry_budget_seconds: float = 300.0
     request_timeout_seconds: float = 60.0
@@ -90,6 +93,47 @@ class RunConfig:
     source_options: SourceOptions = field(default_factory=SourceOptions)
     #: An invoice stored with other content: `fail` the run (nothing stored), or `replace` it by PUT.
     on_conflict: OnConflict = "fail"
+
+    def tuning(self) -> dict[str, int | float]:
+        """How hard the run pushes the service and how much it holds at once: what the run report
+        records as the settings it ran with."""
+        return {
+            "concurrency": self.concurrency,
+            "lines_per_request": self.lines_per_request,
+            "page_size": self.page_size,
+            "lines_per_unit": self.lines_per_unit,
+            "retry_budget_seconds": self.retry_budget_seconds,
+            "request_timeout_seconds": self.request_timeout_seconds,
+        }
+
+
+def run_config(settings: JobSettings | None = None, **overrides: Any) -> RunConfig:
+    """The run's configuration, built in one place for the command line and the DAG's tasks: every
+    setting from `settings` (default: `JobSettings()`, i.e. RETAIL_* and .env), then each override that
+    is not None (an option given, a DAG param, the Airflow connection)."""
+    settings = settings or JobSettings()
+    values: dict[str, Any] = {
+        "source": settings.source or "",
+        "api_url": settings.api_url,
+        "api_key": settings.api_key.get_secret_value() if settings.api_key else "",
+        "lake": settings.lake,
+        "concurrency": settings.concurrency,
+        "lines_per_request": settings.lines_per_request,
+        "page_size": settings.page_size,
+        "lines_per_unit": settings.lines_per_unit,
+        "cache_dir": settings.cache_dir,
+        "retry_budget_seconds": settings.retry_budget_seconds,
+        "request_timeout_seconds": settings.request_timeout_seconds,
+        "pushgateway_url": settings.pushgateway_url,
+        "warehouse_url": settings.warehouse_url,
+        "notify_url": settings.notify_url,
+        "notify_exchange": settings.notify_exchange,
+    }
+    unknown = set(overrides) - {f.name for f in fields(RunConfig)}
+    if unknown:
+        raise TypeError(f"not a setting of a run: {', '.join(sorted(unknown))}")
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return RunConfig(**values)
 
 
 class RunObserver(Protocol):
@@ -150,6 +194,8 @@ class RunReport:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: What each destination besides the lake received: {"warehouse": {...}, "notify": {...}}.
     destinations: dict[str, Any] = field(default_factory=dict)
+    #: The settings the run's stages used (`RunConfig.tuning`): from RETAIL_*, the options or the DAG.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (its own lists and dicts, not copies: read, don't change)."""
@@ -172,22 +218,46 @@ class RunReport:
 
 
 class _Stages:
-    """Times each stage and tells the observer; kept apart so `run` reads as the pipeline."""
+    """Times each stage and tells the observer. A stage runs once per unit: its seconds and counts add
+    up, and the observer sees it start once and finish once (one progress bar per stage, for the run)."""
 
     def __init__(self, report: RunReport, observer: RunObserver) -> None:
         self.report = report
         self.observer = observer
+        self.lines: int | None = None
+        self.days: int | None = None
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def expect(self, lines: int, days: int) -> None:
+        """The run's size: what the progress of each later stage is measured against."""
+        self.lines, self.days = lines, days
 
     @contextmanager
-    def stage(self, name: str, total: int | None = None) -> Iterator[dict[str, int]]:
+    def stage(self, name: str) -> Iterator[dict[str, int]]:
+        """Time one unit's pass through stage `name`; what the block puts in the yielded dict is added
+        to the run's counts."""
         counts: dict[str, int] = {}
-        self.observer.stage_started(name, total)
+        if name not in self.seconds:
+            self.seconds[name] = 0.0
+            self.counts[name] = {}
+            total = self.days if name in ("load warehouse", "notify") else self.lines
+            self.observer.stage_started(name, None if name == "load" else total)
         started = time.perf_counter()
         yield counts
-        seconds = time.perf_counter() - started
-        self.report.seconds[name] = round(seconds, 3)
-        self.report.counts.update(counts)
-        self.observer.stage_finished(name, seconds, counts)
+        self.seconds[name] += time.perf_counter() - started
+        self.report.seconds[name] = round(self.seconds[name], 3)
+        for key, value in counts.items():
+            self.counts[name][key] = self.counts[name].get(key, 0) + value
+            self.report.counts[key] = self.report.counts.get(key, 0) + value
+        if name == "load":  # runs once, before the units
+            self.observer.stage_finished(name, self.seconds[name], self.counts[name])
+
+    def finish(self) -> None:
+        """Tell the observer that every stage after `load` has ended."""
+        for name, seconds in self.seconds.items():
+            if name != "load":
+                self.observer.stage_finished(name, seconds, self.counts[name])
 
 
 def run_days(days: DayRange, present: Sequence[dt.date]) -> list[dt.date]:
@@ -221,6 +291,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
         end=_iso(config.days.end),
         dry_run=config.dry_run,
         on_conflict=config.on_conflict,
+        settings=config.tuning(),
     )
     try:
         return _run(config, report, _Stages(report, observer or LogObserver()))
@@ -235,92 +306,200 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
 
 
 def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
-    """The stages of `run`, filling `report`."""
+    """The stages of `run`, filling `report`: the source staged once (or reused), then the run's days in
+    units of at most `lines_per_unit` lines, each through the stages the DAG's tasks call."""
     # A misnamed or unreachable destination fails the run here, before anything is posted or written.
     fanout.check_destinations(
         config.warehouse_url, config.notify_url, exchange=config.notify_exchange, connect=not config.dry_run
     )
-    with stages.stage("load") as counts:
-        raw = load_source(config.source, cache_dir=config.cache_dir, options=config.source_options)
-        report.shape = raw.shape
-        report.dialect = raw.dialect.describe()
-        counts["source_rows"] = raw.num_rows
-    with stages.stage("validate", total=raw.num_rows) as counts:
-        validated = validate(raw, config.days)
-        counts["lines"] = validated.lines.num_rows
-        counts["rejects"] = validated.rejects.num_rows
-        counts["invoices"] = _distinct(validated.lines, "invoice_no")
-        counts["customers"] = _distinct(validated.lines, "customer_id")
-    days = run_days(config.days, validated.days)
-    report.days = [d.isoformat() for d in days]
-    if config.dry_run:
-        report.status = "dry run"
-        return report
-
-    try:
-        snapshot = asyncio.run(_post_and_read_back(config, validated.lines, days, stages))
-        with stages.stage("reconcile") as counts:
-            # Both sides in the lake's order: the usual equal case is then one comparison, not two sorts.
-            source_lines = in_line_order(validated.lines)
-            service_check = reconcile(source_lines, snapshot.lines, label="service")
-            report.reconciliation["service"] = service_check.to_dict()
-            service_check.raise_for_differences()
-        with stages.stage("write lake", total=len(days)) as counts:
-            written = lake_stage.write_lake(
-                config.lake,
-                days,
-                snapshot,
-                validated.rejects,
-                source_fingerprint=source_fingerprint(raw.table),
-                storage_options=config.storage_options,
+    with _staging_root(config) as (root, storage_options):
+        with stages.stage("load") as counts:
+            staging = stage_source(
+                config.source,
+                root,
+                options=config.source_options,
+                cache_dir=config.cache_dir,
+                storage_options=storage_options,
             )
-            lake_check = _reconcile_lake(config, source_lines, days)
-            report.reconciliation["lake"] = lake_check.to_dict()
-            lake_check.raise_for_differences()
-            counts["partitions_written"] = written.partitions_written
-            counts["lines_written"] = written.rows.get("invoice_lines", 0)
-        _deliver(config, report, stages, days)
-    except Exception:
-        report.status = "failed"
-        _save_report(config, report)
-        raise
+            report.shape = staging.shape
+            report.dialect = staging.dialect
+            counts["source_rows"] = staging.source_rows
+        lines_per_day = staging.lines_per_day()
+        days = run_days(config.days, [day for day in staging.days if config.days.contains(day)])
+        report.days = [d.isoformat() for d in days]
+        units = plan_units(days, lines_per_day, config.lines_per_unit)
+        stages.expect(sum(lines_per_day.get(day, 0) for day in days), len(days))
+        run = _UnitRun(config, report, stages, staging)
+        try:
+            if config.dry_run:
+                for unit in units:
+                    run.validate(unit)
+                report.status = "dry run"
+                return report
+            asyncio.run(run.all(units))
+        except Exception:
+            report.status = "failed"
+            _save_report(config, report)
+            raise
+        finally:
+            stages.finish()
     report.status = "reconciled"
     _save_report(config, report)
     return report
 
 
-async def _post_and_read_back(
-    config: RunConfig, lines: pa.Table, days: Sequence[dt.date], stages: _Stages
-) -> ServiceSnapshot:
-    async with _client(config) as client:
-        try:
-            with stages.stage("post", total=lines.num_rows) as counts:
-                posted = await post_lines(
-                    lines,
-                    client,
-                    concurrency=config.concurrency,
-                    max_lines_per_request=config.lines_per_request,
-                    on_progress=lambda n: stages.observer.advanced("post", n),
-                    on_conflict=config.on_conflict,
-                )
-                counts.update(_post_counts(posted))
-                stages.report.customer_conflicts = list(posted.customer_conflicts)
-                stages.report.replaced_invoices = list(posted.replaced_invoices)
-                stages.report.replaced_customers = list(posted.customers_replaced)
-                stages.report.replaced_days = [day.isoformat() for day in posted.replaced_days]
-            with stages.stage("read back") as counts:
-                snapshot = await read_back(
-                    client, days, concurrency=config.concurrency, page_size=config.page_size
-                )
-                counts["lines_read_back"] = snapshot.lines.num_rows
-        finally:
-            # Also when a stage failed: the retries are what explain a failure.
-            stages.report.retries = dict(client.retry_stats.by_cause)
-    return snapshot
+@contextmanager
+def _staging_root(config: RunConfig) -> Iterator[tuple[str, Mapping[str, Any] | None]]:
+    """Where the source is staged: under the lake, or for a dry run (which writes nothing there) a
+    temporary folder removed afterwards."""
+    if not config.dry_run:
+        yield config.lake, config.storage_options
+        return
+    with tempfile.TemporaryDirectory(prefix="retail-etl-dry-run-") as folder:
+        yield folder, None
+
+
+def plan_units(
+    days: Sequence[dt.date], lines_per_day: Mapping[dt.date, int], max_lines: int
+) -> list[tuple[dt.date, ...]]:
+    """`days` cut into units of consecutive days holding at most `max_lines` lines together (a day
+    with more is a unit of its own): what one unit holds is what the run holds in memory at once."""
+    units: list[tuple[dt.date, ...]] = []
+    current: list[dt.date] = []
+    held = 0
+    for day in days:
+        lines = lines_per_day.get(day, 0)
+        if current and held + lines > max_lines:
+            units.append(tuple(current))
+            current, held = [], 0
+        current.append(day)
+        held += lines
+    if current:
+        units.append(tuple(current))
+    return units
+
+
+class _UnitRun:
+    """The run's units, one after the other, through the same stage functions as the DAG's tasks; the
+    report adds up what each unit counted."""
+
+    def __init__(self, config: RunConfig, report: RunReport, stages: _Stages, staging: Staging) -> None:
+        self.config = config
+        self.report = report
+        self.stages = stages
+        self.staging = staging
+        self.checks: dict[str, list[ReconcileReport]] = {"service": [], "lake": []}
+        self.customers: dict[str, set[str]] = {"source": set(), "service": set(), "lake": set()}
+        self.undated_rejects_counted = False
+
+    def validate(self, days: Sequence[dt.date]) -> ValidatedSource:
+        """The unit's lines and rejects from the staging; counts them."""
+        with self.stages.stage("validate") as counts:
+            validated = self.staging.read(days)
+            undated = validated.rejects.column(PARTITION_COLUMN).null_count
+            # The rejects without a day come with every unit (each unit's lake write keeps them): once.
+            counts["rejects"] = validated.rejects.num_rows - (undated if self.undated_rejects_counted else 0)
+            self.undated_rejects_counted = True
+            counts["lines"] = validated.lines.num_rows
+            counts["invoices"] = _distinct(validated.lines, "invoice_no")  # an invoice has one day
+            self.customers["source"].update(_customer_ids(validated.lines))
+            self.report.counts["customers"] = len(self.customers["source"])
+            self.stages.observer.advanced("validate", validated.lines.num_rows)
+        return validated
+
+    async def all(self, units: Sequence[tuple[dt.date, ...]]) -> None:
+        """Every unit, with one client for the whole run."""
+        async with _client(self.config) as client:
+            try:
+                for days in units:
+                    await self.one(client, days)
+            finally:
+                # Also when a stage failed: the retries are what explain a failure.
+                self.report.retries = dict(client.retry_stats.by_cause)
+
+    async def one(self, client: RetailClient, days: tuple[dt.date, ...]) -> None:
+        """One unit: validate → post → read back → reconcile → write lake → warehouse → notify."""
+        config, report, stages = self.config, self.report, self.stages
+        validated = self.validate(days)
+        with stages.stage("post") as counts:
+            posted = await post_lines(
+                validated.lines,
+                client,
+                concurrency=config.concurrency,
+                max_lines_per_request=config.lines_per_request,
+                on_progress=lambda n: stages.observer.advanced("post", n),
+                on_conflict=config.on_conflict,
+            )
+            counts.update(_post_counts(posted))
+            report.customer_conflicts += list(posted.customer_conflicts)
+            report.replaced_invoices += list(posted.replaced_invoices)
+            report.replaced_customers += list(posted.customers_replaced)
+            report.replaced_days += [day.isoformat() for day in posted.replaced_days]
+        with stages.stage("read back") as counts:
+            snapshot = await read_back(
+                client, days, concurrency=config.concurrency, page_size=config.page_size
+            )
+            counts["lines_read_back"] = snapshot.lines.num_rows
+            stages.observer.advanced("read back", snapshot.lines.num_rows)
+        with stages.stage("reconcile"):
+            # Both sides in the lake's order: the usual equal case is then one comparison, not two sorts.
+            source_lines = in_line_order(validated.lines)
+            self._checked("service", reconcile(source_lines, snapshot.lines, label="service"), snapshot.lines)
+            stages.observer.advanced("reconcile", source_lines.num_rows)
+        with stages.stage("write lake") as counts:
+            written, lake_check, in_lake = write_and_check_lake(
+                config, days, snapshot, validated.rejects, self.staging.fingerprint, source_lines
+            )
+            self._checked("lake", lake_check, in_lake)
+            counts["partitions_written"] = written.partitions_written
+            counts["lines_written"] = written.rows.get("invoice_lines", 0)
+            stages.observer.advanced("write lake", source_lines.num_rows)
+        _deliver(config, report, stages, days)
+
+    def _checked(self, label: str, check: ReconcileReport, other_lines: pa.Table) -> None:
+        """Add a unit's check to the run's, and fail on a difference."""
+        self.checks[label].append(check)
+        self.customers[label].update(_customer_ids(other_lines))
+        combined = combine_checks(
+            self.checks[label], customers=(len(self.customers["source"]), len(self.customers[label]))
+        )
+        self.report.reconciliation[label] = combined.to_dict()
+        check.raise_for_differences()
+
+
+def write_and_check_lake(
+    config: RunConfig,
+    days: Sequence[dt.date],
+    snapshot: ServiceSnapshot,
+    rejects: pa.Table,
+    fingerprint: str,
+    source_lines: pa.Table,
+) -> tuple[LakeReport, ReconcileReport, pa.Table]:
+    """Write `days` of the lake from the reconciled `snapshot` and `rejects`, then read the days' lines
+    back from the lake and reconcile them with `source_lines` (in line order). Returns the write's
+    report, the check (not raised: the caller records it first) and the lake's lines."""
+    written = lake_stage.write_lake(
+        config.lake,
+        days,
+        snapshot,
+        rejects,
+        source_fingerprint=fingerprint,
+        storage_options=config.storage_options,
+    )
+    in_lake = lake_stage.read_lake_table(
+        config.lake, "invoice_lines", days, storage_options=config.storage_options
+    )
+    in_lake = in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA)
+    return written, reconcile(source_lines, in_lake, label="lake"), in_lake
+
+
+def _customer_ids(lines: pa.Table) -> list[str]:
+    ids: list[str] = lines.column("customer_id").drop_null().unique().to_pylist()
+    return ids
 
 
 def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequence[dt.date]) -> None:
-    """The run's days, as the lake now holds them, into the warehouse and then announced: in that
+    """The unit's days, as the lake now holds them, into the warehouse and then announced: in that
     order, so that a message names only days already in the lake and the warehouse."""
     if not (config.warehouse_url or config.notify_url):
         return
@@ -329,13 +508,14 @@ def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequen
     # Corrections replace the days already delivered before (docs/design.md "Corrections").
     replaced = {dt.date.fromisoformat(day) for day in report.replaced_days}
     if config.warehouse_url:
-        with stages.stage("load warehouse", total=len(days)) as counts:
+        with stages.stage("load warehouse") as counts:
             loaded = fanout.load_warehouse(config.warehouse_url, in_lake, replaced=replaced)
-            report.destinations["warehouse"] = loaded
+            report.destinations["warehouse"] = _added(report.destinations.get("warehouse"), loaded)
             counts["warehouse_days"] = loaded["days"]
             counts["warehouse_lines"] = loaded["rows"].get("invoice_lines", 0)
+            stages.observer.advanced("load warehouse", len(days))
     if config.notify_url:
-        with stages.stage("notify", total=len(days)) as counts:
+        with stages.stage("notify") as counts:
             sent = fanout.notify_days(
                 config.notify_url,
                 in_lake,
@@ -345,8 +525,23 @@ def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequen
                 warehouse=report.destinations.get("warehouse", {}).get("url"),
                 replaced=replaced,
             )
-            report.destinations["notify"] = sent
+            report.destinations["notify"] = _added(report.destinations.get("notify"), sent)
             counts["messages_published"] = sent["messages"]
+            stages.observer.advanced("notify", len(days))
+
+
+def _added(before: Mapping[str, Any] | None, unit: Mapping[str, Any]) -> dict[str, Any]:
+    """What a destination received so far: numbers added up (nested ones too), the rest as the unit's."""
+    if before is None:
+        return dict(unit)
+    total: dict[str, Any] = dict(unit)
+    for key, value in unit.items():
+        earlier = before.get(key)
+        if isinstance(value, int) and isinstance(earlier, int):
+            total[key] = earlier + value
+        elif isinstance(value, Mapping) and isinstance(earlier, Mapping):
+            total[key] = _added(earlier, value)
+    return total
 
 
 def _post_counts(posted: PostReport) -> dict[str, int]:
@@ -361,13 +556,6 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
         "lines_created": posted.lines_created,
         "requests": posted.requests,
     }
-
-
-def _reconcile_lake(config: RunConfig, source_lines: pa.Table, days: Sequence[dt.date]) -> ReconcileReport:
-    in_lake = lake_stage.read_lake_table(
-        config.lake, "invoice_lines", days, storage_options=config.storage_options
-    )
-    return reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
 
 
 def _save_report(config: RunConfig, report: RunReport) -> None:
@@ -437,10 +625,12 @@ def _push_dag_metrics(meta: Mapping[str, Any], status: str) -> None:
 
 
 def _dag_task(
-    stage: str, *, last: bool = False
+    stage: str | None, *, last: bool = False, final: bool = False
 ) -> Callable[[Callable[P, dict[str, Any]]], Callable[P, dict[str, Any]]]:
-    """Time a DAG task into its result's `seconds[stage]`; push a failed run's metrics when the task
-    raises, and the reconciled run's after the `last` task."""
+    """Time a DAG task into its result's `seconds[stage]` (with `stage` None, the task times its own
+    stages into its result's `seconds`); when the task raises, push the failed run's metrics and save
+    its run report; push the reconciled run's metrics after the `last` task that checks data, and save
+    the reconciled run's report after the `final` one."""
 
     def decorate(task: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
         @wraps(task)
@@ -449,18 +639,74 @@ def _dag_task(
             started = time.perf_counter()
             try:
                 result = task(*args, **kwargs)
-            except BaseException:
+            except BaseException as exc:
                 _push_dag_metrics(before, "failed")
+                if before:
+                    save_dag_report(before, "failed", error=exc)
                 raise
-            seconds = {**(before.get("seconds") or {}), stage: round(time.perf_counter() - started, 3)}
+            seconds = {**(before.get("seconds") or {}), **(result.get("seconds") or {})}
+            if stage is not None:
+                seconds[stage] = round(time.perf_counter() - started, 3)
             result = {**result, "seconds": seconds}
             if last:
                 _push_dag_metrics(result, "reconciled")
+            if final:
+                save_dag_report(result, "reconciled")
             return result
 
         return timed
 
     return decorate
+
+
+#: The run report's counts, as the DAG's tasks carry them in their results.
+_REPORT_COUNTS = (
+    "source_rows", "lines", "rejects", "invoices", "customers", "customers_created", "customers_existing",
+    "invoices_created", "invoices_unchanged", "invoices_skipped", "invoices_replaced", "customers_replaced",
+    "lines_created", "requests", "lines_read_back", "partitions_written", "lines_written",
+)  # fmt: skip
+
+
+def save_dag_report(meta: Mapping[str, Any], status: str, *, error: BaseException | None = None) -> RunReport:
+    """Save a DAG run's report under `<lake>/_runs/`, the same `RunReport` the command line saves, from
+    what its tasks passed on (`meta`)."""
+    destinations = {
+        name: meta[name] for name in ("warehouse", "notify") if isinstance(meta.get(name), Mapping)
+    }
+    counts = {name: int(meta[name]) for name in _REPORT_COUNTS if isinstance(meta.get(name), int)}
+    for name, key, field_ in (
+        ("warehouse", "warehouse_days", "days"),
+        ("notify", "messages_published", "messages"),
+    ):
+        if name in destinations:
+            counts[key] = int(destinations[name][field_])
+    if "warehouse" in destinations:
+        counts["warehouse_lines"] = int(destinations["warehouse"]["rows"].get("invoice_lines", 0))
+    report = RunReport(
+        run_id=str(meta.get("run_id") or _new_run_id()),
+        source=str(meta.get("source", "")),
+        shape=str(meta.get("shape", "")),
+        lake=str(meta.get("lake", "")),
+        start=meta.get("start"),
+        end=meta.get("end"),
+        dry_run=False,
+        days=list(meta.get("days") or []),
+        counts=counts,
+        seconds=dict(meta.get("seconds") or {}),
+        retries=dict(meta.get("retries") or {}),
+        on_conflict=str(meta.get("on_conflict") or "fail"),
+        replaced_days=list(meta.get("replaced_days") or []),
+        dialect=dict(meta.get("dialect") or {}),
+        reconciliation=dict(meta.get("reconciliation") or {}),
+        status=status,
+        destinations=destinations,
+        settings=dict(meta.get("settings") or {}),
+    )
+    if error is not None:
+        report.reconciliation.setdefault("error", f"{type(error).__name__}: {error}")
+    if report.lake:
+        _save_report(run_config(lake=report.lake, source=report.source), report)
+    return report
 
 
 def _with_retries(meta: Mapping[str, Any], retries: Mapping[str, int]) -> dict[str, int]:
@@ -469,7 +715,7 @@ def _with_retries(meta: Mapping[str, Any], retries: Mapping[str, int]) -> dict[s
     return dict(sorted(total.items()))
 
 
-@_dag_task("load and validate")
+@_dag_task(None)
 def task_load_and_validate(
     source: str,
     lake: str,
@@ -479,34 +725,47 @@ def task_load_and_validate(
     date_format: str | None = None,
     delimiter: str | None = None,
     decimal: str | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Load and validate the source for days `start`..`end`; save lines and rejects to the work folder.
     The source is validated once and staged by day under the lake (`etl.staging`): the first run of a
     source builds the staging, every later one reads only its days. `date_format`, `delimiter` and
-    `decimal` set the source's dialect as `--date-format` etc. do; unset, it is detected. Raises
-    `SourceError` for a source or a value not understood."""
+    `decimal` set the source's dialect as `--date-format` etc. do; unset, it is detected. `run_id` names
+    the run's report (`<lake>/_runs/<run_id>.json`). Raises `SourceError` for a source or a value not
+    understood."""
     days = DayRange(_parse_day(start), _parse_day(end))
     options = SourceOptions.from_text(date_format=date_format, delimiter=delimiter, decimal=decimal)
+    config = run_config(source=source, lake=lake, days=days, source_options=options)
     work = WorkFolder.for_run(lake, source, days)
-    staged = staged_days(source, lake, days, options=options)
-    validated = staged.validated
+    started = time.perf_counter()
+    staging = stage_source(source, lake, options=options, cache_dir=config.cache_dir)
+    loaded = time.perf_counter()
+    validated = staging.read(days)
     fs, _ = lake_stage.filesystem(lake)
     fs.makedirs(work.path(""), exist_ok=True)
     pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
     pq.write_table(validated.rejects, work.path("rejects.parquet"), filesystem=fs)
     meta = {
+        "run_id": run_id or _new_run_id(),
         "source": source,
         "lake": lake,
         "start": start,
         "end": end,
         "work_key": work.key,
         "days": [d.isoformat() for d in run_days(days, validated.days)],
-        "fingerprint": staged.fingerprint,
-        "dialect": staged.dialect,
-        "source_rows": staged.source_rows,
+        "fingerprint": staging.fingerprint,
+        "dialect": staging.dialect,
+        "shape": staging.shape,
+        "source_rows": staging.source_rows,
         "lines": validated.lines.num_rows,
         "rejects": validated.rejects.num_rows,
-        "staging": staged.staging,
+        "invoices": _distinct(validated.lines, "invoice_no"),
+        "customers": _distinct(validated.lines, "customer_id"),
+        "staging": staging.how,
+        "seconds": {
+            "load": round(loaded - started, 3),
+            "validate": round(time.perf_counter() - loaded, 3),
+        },
     }
     with fs.open(work.path("meta.json"), "w") as out:
         json.dump(meta, out)
@@ -521,7 +780,7 @@ def task_post(
     `on_conflict` is `fail` (default) or `replace`, as `--on-conflict`; `ValueError` for another."""
     work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
     lines = _read_work_table(work, "lines.parquet", LINE_SCHEMA)
-    config = RunConfig(
+    config = run_config(
         source=str(meta["source"]),
         api_url=api_url,
         api_key=api_key,
@@ -534,6 +793,7 @@ def task_post(
             return await post_lines(
                 lines,
                 client,
+                concurrency=config.concurrency,
                 max_lines_per_request=config.lines_per_request,
                 on_conflict=config.on_conflict,
             )
@@ -546,28 +806,42 @@ def task_post(
         # The days only (the count is in the counts): XCom stays small whatever the corrections.
         "replaced_days": [day.isoformat() for day in posted.replaced_days],
         "retries": _with_retries(meta, posted.retries.by_cause),
+        "settings": {**dict(meta.get("settings") or {}), **config.tuning()},
     }
 
 
-@_dag_task("read back and reconcile")
+@_dag_task(None)
 def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key: str) -> dict[str, Any]:
     """Read the run's days back from the service and reconcile them with the saved source lines;
     raises `ReconciliationError` on any difference."""
     work = WorkFolder(str(meta["lake"]), str(meta["work_key"]))
     days = [dt.date.fromisoformat(d) for d in meta["days"]]
-    config = RunConfig(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
+    config = run_config(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
 
     async def _read() -> ServiceSnapshot:
         async with _client(config) as client:
             try:
-                return await read_back(client, days)
+                return await read_back(
+                    client, days, concurrency=config.concurrency, page_size=config.page_size
+                )
             finally:
                 retries.update(client.retry_stats.by_cause)
 
     retries: dict[str, int] = {}
+    started = time.perf_counter()
     snapshot = asyncio.run(_read())
+    read = time.perf_counter()
     source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
-    reconcile(source_lines, snapshot.lines, label="service").raise_for_differences()
+    check = reconcile(source_lines, snapshot.lines, label="service")
+    seconds = {"read back": round(read - started, 3), "reconcile": round(time.perf_counter() - read, 3)}
+    reconciliation = {**dict(meta.get("reconciliation") or {}), "service": check.to_dict()}
+    if not check.ok:
+        # The failed run's report says where the sides differ.
+        save_dag_report(
+            {**meta, "seconds": {**meta.get("seconds", {}), **seconds}, "reconciliation": reconciliation},
+            "failed",
+        )
+        check.raise_for_differences()
     fs, _ = lake_stage.filesystem(work.lake)
     pq.write_table(snapshot.lines, work.path("service_lines.parquet"), filesystem=fs)
     pq.write_table(snapshot.customers, work.path("service_customers.parquet"), filesystem=fs)
@@ -575,6 +849,9 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
         **dict(meta),
         "lines_read_back": snapshot.lines.num_rows,
         "retries": _with_retries(meta, retries),
+        "settings": {**dict(meta.get("settings") or {}), **config.tuning()},
+        "reconciliation": reconciliation,
+        "seconds": seconds,
     }
 
 
@@ -589,19 +866,26 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
         customers=_read_work_table(work, "service_customers.parquet", CUSTOMER_SCHEMA),
     )
     rejects = _read_work_table(work, "rejects.parquet", REJECT_SCHEMA)
-    written = lake_stage.write_lake(
-        work.lake, days, snapshot, rejects, source_fingerprint=str(meta["fingerprint"])
-    )
     source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
-    in_lake = lake_stage.read_lake_table(work.lake, "invoice_lines", days)
-    check = reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
-    check.raise_for_differences()
+    written, check, _ = write_and_check_lake(
+        run_config(source=str(meta["source"]), lake=work.lake),
+        days,
+        snapshot,
+        rejects,
+        str(meta["fingerprint"]),
+        source_lines,
+    )
+    if not check.ok:
+        reconciliation = {**dict(meta.get("reconciliation") or {}), "lake": check.to_dict()}
+        save_dag_report({**meta, "reconciliation": reconciliation}, "failed")
+        check.raise_for_differences()
     fs, _ = lake_stage.filesystem(work.lake)
     fs.rm(work.path(""), recursive=True)
     return {
         **dict(meta),
         "partitions_written": written.partitions_written,
         "lines_written": written.rows.get("invoice_lines", 0),
+        "reconciliation": {**dict(meta.get("reconciliation") or {}), "lake": check.to_dict()},
     }
 
 
@@ -631,7 +915,7 @@ def task_load_warehouse(meta: Mapping[str, Any], warehouse_url: str | None) -> d
     return {**dict(meta), "warehouse": loaded}
 
 
-@_dag_task("notify")
+@_dag_task("notify", final=True)
 def task_notify(
     meta: Mapping[str, Any], notify_url: str | None, run_id: str, exchange: str | None = None
 ) -> dict[str, Any]:

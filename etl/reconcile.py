@@ -11,7 +11,7 @@ Two checks, both per invoice day:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -389,3 +389,40 @@ def _lines(n: int) -> str:
 
 def _days(n: int) -> str:
     return f"{n} day" if n == 1 else f"{n} days"
+
+
+def combine(parts: Sequence[ReconcileReport], *, customers: tuple[int, int]) -> ReconcileReport:
+    """One report from several over disjoint days (a run's units, in day order): the days side by side,
+    rows and totals added up. `customers` is the run's distinct customers on (source, other side): a
+    customer buys on several days, so the parts' counts do not add up."""
+    if not parts:
+        raise ValueError("nothing to combine")
+    if len(parts) == 1:
+        return parts[0]
+    rows = [part.rows for part in parts]
+    return ReconcileReport(
+        label=parts[0].label,
+        days=tuple(day for part in parts for day in part.days),
+        rows=RowCheck(
+            source_rows=sum(r.source_rows for r in rows),
+            other_rows=sum(r.other_rows for r in rows),
+            missing=sum(r.missing for r in rows),
+            extra=sum(r.extra for r in rows),
+            different=sum(r.different for r in rows),
+            missing_keys=tuple(k for r in rows for k in r.missing_keys)[:SHOWN_KEYS],
+            extra_keys=tuple(k for r in rows for k in r.extra_keys)[:SHOWN_KEYS],
+            different_keys=tuple(k for r in rows for k in r.different_keys)[:SHOWN_KEYS],
+        ),
+        total_source=_sum_figures([part.total_source for part in parts], customers[0]),
+        total_other=_sum_figures([part.total_other for part in parts], customers[1]),
+    )
+
+
+def _sum_figures(figures: Sequence[DayFigures], customers: int) -> DayFigures:
+    return DayFigures(
+        lines=sum(f.lines for f in figures),
+        invoices=sum(f.invoices for f in figures),  # an invoice has one day: parts never share one
+        customers=customers,
+        quantity=sum(f.quantity for f in figures),
+        amount=sum((f.amount for f in figures), _ZERO),
+    )

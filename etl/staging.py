@@ -90,6 +90,79 @@ def staging_key(source: str, options: SourceOptions) -> str:
     return digest.hexdigest()[:20]
 
 
+@dataclass(frozen=True)
+class Staging:
+    """A committed staging of one source: what it knows of the whole source, and its days to read."""
+
+    fs: fsspec.AbstractFileSystem
+    base: str
+    manifest: Mapping[str, Any]
+    #: "built" when this process validated the source, "reused" when it read a committed staging.
+    how: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The source's content fingerprint (`etl.load.source_fingerprint`)."""
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def dialect(self) -> dict[str, str]:
+        """How the source was read (`SourceDialect.describe`)."""
+        return dict(self.manifest["dialect"])
+
+    @property
+    def shape(self) -> str:
+        """The source's shape ("uci-xlsx", "csv+gzip", ...)."""
+        return str(self.manifest["shape"])
+
+    @property
+    def source_rows(self) -> int:
+        """Data rows in the source."""
+        return int(self.manifest["source_rows"])
+
+    @property
+    def days(self) -> tuple[dt.date, ...]:
+        """Every invoice day with lines or dated rejects, sorted."""
+        return tuple(dt.date.fromisoformat(day) for day in self.manifest["days"])
+
+    def lines_per_day(self) -> dict[dt.date, int]:
+        """Valid lines of each day, from the Parquet footer (no rows are read)."""
+        groups: Mapping[str, int] = self.manifest["row_groups"]["lines"]
+        with self.fs.open(f"{self.base}/{self.manifest['build']}/lines.parquet", "rb") as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            return {
+                dt.date.fromisoformat(day): metadata.row_group(index).num_rows
+                for day, index in groups.items()
+            }
+
+    def read(self, days: DayRange | Sequence[dt.date]) -> ValidatedSource:
+        """The lines and rejects of `days` (a range, or those days), as `validate` returns them: the
+        rejects without a day come with every read, as they belong to every run of the source."""
+        return _read(self.fs, self.base, self.manifest, days)
+
+
+def stage_source(
+    source: str,
+    root: str,
+    *,
+    options: SourceOptions | None = None,
+    cache_dir: Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Staging:
+    """The staging of `source` under `root` (the lake, or any folder): reused when one is committed,
+    else built now (the whole source loaded and validated once). Raises `SourceError` for a source that
+    cannot be read, as `load_source` does."""
+    options = options or SourceOptions()
+    fs, base_root = lake_stage.filesystem(root, storage_options)
+    base = f"{base_root}/{STAGING_DIR}/{staging_key(source, options)}"
+    manifest = _read_manifest(fs, base)
+    how = "reused"
+    if manifest is None:
+        manifest = _build(fs, base, source, options, cache_dir)
+        how = "built"
+    return Staging(fs, base, manifest, how)
+
+
 def staged_days(
     source: str,
     lake: str,
@@ -101,21 +174,14 @@ def staged_days(
     """The lines and rejects of `days` (as `validate` returns them) from the staging of `source`
     under `lake`; stages the whole source first when no committed staging exists. Raises
     `SourceError` for a source that cannot be read, as `load_source` does."""
-    options = options or SourceOptions()
-    fs, root = lake_stage.filesystem(lake, storage_options)
-    base = f"{root}/{STAGING_DIR}/{staging_key(source, options)}"
-    manifest = _read_manifest(fs, base)
-    how = "reused"
-    if manifest is None:
-        manifest = _build(fs, base, source, options)
-        how = "built"
+    staging = stage_source(source, lake, options=options, storage_options=storage_options)
     return StagedSource(
-        validated=_read(fs, base, manifest, days),
-        fingerprint=str(manifest["fingerprint"]),
-        dialect=dict(manifest["dialect"]),
-        shape=str(manifest["shape"]),
-        source_rows=int(manifest["source_rows"]),
-        staging=how,
+        validated=staging.read(days),
+        fingerprint=staging.fingerprint,
+        dialect=staging.dialect,
+        shape=staging.shape,
+        source_rows=staging.source_rows,
+        staging=staging.how,
     )
 
 
@@ -128,9 +194,11 @@ def _read_manifest(fs: fsspec.AbstractFileSystem, base: str) -> dict[str, Any] |
     return manifest if manifest.get("format") == STAGING_FORMAT else None
 
 
-def _build(fs: fsspec.AbstractFileSystem, base: str, source: str, options: SourceOptions) -> dict[str, Any]:
+def _build(
+    fs: fsspec.AbstractFileSystem, base: str, source: str, options: SourceOptions, cache_dir: Path | None
+) -> dict[str, Any]:
     """Validate the whole source, write it by day, commit; the committed manifest (maybe another's)."""
-    raw = load_source(source, options=options)
+    raw = load_source(source, cache_dir=cache_dir, options=options)
     validated = validate(raw, DayRange())
     build = uuid.uuid4().hex[:16]
     folder = f"{base}/{build}"
@@ -188,11 +256,17 @@ def _write_by_day(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> 
 
 
 def _read(
-    fs: fsspec.AbstractFileSystem, base: str, manifest: Mapping[str, Any], days: DayRange
+    fs: fsspec.AbstractFileSystem,
+    base: str,
+    manifest: Mapping[str, Any],
+    days: DayRange | Sequence[dt.date],
 ) -> ValidatedSource:
     folder = f"{base}/{manifest['build']}"
     groups: Mapping[str, Mapping[str, int]] = manifest["row_groups"]
-    wanted = [day for day in manifest["days"] if days.contains(dt.date.fromisoformat(day))]
+    if isinstance(days, DayRange):
+        wanted = [day for day in manifest["days"] if days.contains(dt.date.fromisoformat(day))]
+    else:
+        wanted = [day.isoformat() for day in sorted(days)]
     lines = _read_groups(fs, f"{folder}/lines.parquet", groups["lines"], wanted, LINE_SCHEMA)
     rejects = _read_groups(
         fs, f"{folder}/rejects.parquet", groups["rejects"], [_UNDATED, *wanted], REJECT_SCHEMA

@@ -16,8 +16,7 @@ import pyarrow as pa
 import pytest
 
 from etl.errors import SourceError
-from etl.load import load_source
-from etl.pipeline import source_fingerprint
+from etl.load import load_source, source_fingerprint
 from etl.schema import SOURCE_COLUMNS, DayRange
 from etl.sources import containers, download
 from etl.validate import validate
