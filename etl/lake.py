@@ -66,6 +66,18 @@ from etl.schema import (
     ServiceSnapshot,
     is_sorted,
 )
+from retail_contract.lake_layout import (
+    DAY_FILE,
+    DEFAULT_PARTITION,
+    DIGEST_KEY,
+    LAKE_DIR,
+    MANIFEST_DIR,
+    MANIFEST_FORMAT,
+    OBJECT_DIR,
+    PARTITION_COLUMN,
+    RUNS_DIR,
+    TABLES,
+)
 
 __all__ = [
     "TABLES",
@@ -78,23 +90,12 @@ __all__ = [
     "write_run_report",
 ]
 
-PARTITION_COLUMN = "invoice_day"
-DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"
-TABLES = ("invoice_lines", "invoices", "customers", "rejects")
-#: Where the lake keeps its committed objects and manifests; `_` makes pyarrow, pandas and Spark skip it.
-LAKE_DIR = "_lake"
-OBJECT_DIR = f"{LAKE_DIR}/objects"
-MANIFEST_DIR = f"{LAKE_DIR}/manifests"
-MANIFEST_FORMAT = 1
 #: An object no manifest names is removed once this old: younger, it may belong to a write in progress.
 ORPHAN_GRACE = dt.timedelta(hours=1)
 
 _PARTITION_FIELD = pa.field(PARTITION_COLUMN, pa.date32())
 _LOCAL_FS = LocalFileSystem()  # stateless: one instance serves every thread
 _PARTITIONING = ds.HivePartitioning(pa.schema([_PARTITION_FIELD]), null_fallback=DEFAULT_PARTITION)
-_FILE_NAME = "part-0.parquet"
-#: Footer metadata key of a file's content digest (`content_digest`).
-DIGEST_KEY = b"retail_etl.content_sha256"
 _EPOCH = dt.date(1970, 1, 1)
 _TEMP_SUFFIX = ".tmp"
 _LOCK_NAME = ".commit.lock"
@@ -391,7 +392,7 @@ def write_run_report(
         raise ValueError(f"run_id {run_id!r} is not a safe file name")
     body = json.dumps(report, indent=2, sort_keys=True, default=_json_value, ensure_ascii=False)
     fs, base = _open(root, storage_options)
-    final = f"{base}/_runs/{run_id}.json"
+    final = f"{base}/{RUNS_DIR}/{run_id}.json"
     try:
         _put_whole(fs, final, body.encode("utf-8") + b"\n")
     except OSError as exc:
@@ -434,7 +435,7 @@ def _plan(
         for table, data in by_table.items():
             first, stop = bounds[table][index]
             tables[table] = _day_rows(data, first, stop, table) if stop > first else None
-        units.append(_Unit(partition, partition, _FILE_NAME, "", tables))
+        units.append(_Unit(partition, partition, DAY_FILE, "", tables))
     undated = _sorted(rejects.filter(pc.is_null(rejects[PARTITION_COLUMN])), "rejects")
     partition = f"{PARTITION_COLUMN}={DEFAULT_PARTITION}"
     units.append(
@@ -1338,7 +1339,7 @@ def _remove_other_files(
 ) -> list[str]:
     """In a day partition, any visible data file besides `final` (an older layout's) is stale."""
     directory, name = final.rsplit("/", 1)
-    if directory.endswith(DEFAULT_PARTITION) or name != _FILE_NAME:
+    if directory.endswith(DEFAULT_PARTITION) or name != DAY_FILE:
         return []  # the default partition holds one file per source: the others are not ours
     stale = [
         f"{directory}/{other}"

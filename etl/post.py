@@ -19,39 +19,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api.content_hash import content_hashes as canonical_content_hashes
-from etl.client import (
-    MAX_CUSTOMERS_PER_REQUEST,
-    MAX_INVOICES_PER_REQUEST,
-    MAX_LINES_PER_REQUEST,
-    REPLACE_HINT,
-    RetailClient,
-    RetryStats,
-    gather_bounded,
-)
+from etl.client import REPLACE_HINT, RetailClient, RetryStats, gather_bounded
 from etl.errors import InvoiceConflictError, ServiceError
 from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
-
-#: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
-#: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
-LINE_BODY_TYPE = pa.struct(
-    [
-        LINE_SCHEMA.field(name)
-        for name in ("line_no", "stock_code", "description", "quantity", "unit_price", "invoice_date")
-    ]
+from retail_contract import content_hash
+from retail_contract.wire import (
+    MAX_BULK_CUSTOMERS,
+    MAX_BULK_INVOICES,
+    MAX_BULK_LINES,
+    invoice_body_schema,
+    line_struct,
 )
 
-#: The Arrow body of `POST /bulk/invoices`: one row per invoice, its lines in `line_no` order. The
-#: read-back page schema (api/arrow_pages.py INVOICE_PAGE_SCHEMA) minus the derived `invoice_day`.
-INVOICE_BODY_SCHEMA = pa.schema(
-    [
-        pa.field("invoice_no", pa.string(), nullable=False),
-        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
-        pa.field("customer_id", pa.string()),
-        pa.field("country", pa.string(), nullable=False),
-        pa.field("lines", pa.list_(pa.field("item", LINE_BODY_TYPE, nullable=False)), nullable=False),
-    ]
-)
+#: One line inside an invoice row of the Arrow body, with the job's second-resolution timestamps (the
+#: contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
+LINE_BODY_TYPE = line_struct(TIMESTAMP_TYPE)
+#: The Arrow body of `POST /bulk/invoices` as the job sends it (`retail_contract.wire`).
+INVOICE_BODY_SCHEMA = invoice_body_schema(TIMESTAMP_TYPE)
 
 
 #: What a run does with an invoice the service holds with other content (`--on-conflict`): `fail`
@@ -141,8 +125,8 @@ async def post_lines(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    if not 1 <= max_lines_per_request <= MAX_LINES_PER_REQUEST:
-        raise ValueError(f"max_lines_per_request must be within 1..{MAX_LINES_PER_REQUEST}")
+    if not 1 <= max_lines_per_request <= MAX_BULK_LINES:
+        raise ValueError(f"max_lines_per_request must be within 1..{MAX_BULK_LINES}")
     on_conflict = parse_on_conflict(on_conflict)
     replacing = on_conflict == "replace"
     # Replacing needs to know which invoices differ, which only the comparison tells.
@@ -153,8 +137,8 @@ async def post_lines(
 
     customers = customer_payloads(lines)
     customer_batches = [
-        customers[i : i + MAX_CUSTOMERS_PER_REQUEST]
-        for i in range(0, len(customers), MAX_CUSTOMERS_PER_REQUEST)
+        customers[i : i + MAX_BULK_CUSTOMERS]
+        for i in range(0, len(customers), MAX_BULK_CUSTOMERS)
     ]
 
     async def post_customer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -172,7 +156,7 @@ async def post_lines(
     conflicts = sorted({str(c) for answer in customer_answers for c in answer.get("conflicts") or ()})
 
     batches = plan_invoice_batches(
-        ordered, max_lines=max_lines_per_request, max_invoices=MAX_INVOICES_PER_REQUEST
+        ordered, max_lines=max_lines_per_request, max_invoices=MAX_BULK_INVOICES
     )
 
     async def compare_batch(batch: InvoiceBatch) -> tuple[frozenset[str], frozenset[str]]:
@@ -442,9 +426,9 @@ def invoice_table(ordered: pa.Table) -> pa.Table:
 
 
 def content_hashes(invoices: pa.Table) -> list[str]:
-    """The service's content hash of each row of an `invoice_table` (`api.content_hash`, the one
-    definition the service uses too; `invoice_table` nests the lines in `line_no` order)."""
-    return canonical_content_hashes(
+    """The service's content hash of each row of an `invoice_table` (`retail_contract.content_hash`,
+    the one definition the service uses too; `invoice_table` nests the lines in `line_no` order)."""
+    return content_hash.content_hashes(
         invoices["invoice_no"],
         invoices["customer_id"],
         invoices["invoice_date"],

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.dialect import SourceDialect
+from retail_contract.wire import PRICE_TYPE
 
 if TYPE_CHECKING:  # pandas is only needed by a caller that asks for a frame
     import pandas as pd
 
-PRICE_TYPE = pa.decimal128(12, 3)
 # quantity * unit_price summed over the whole data set fits comfortably in 18 digits.
 AMOUNT_TYPE = pa.decimal128(18, 3)
 TIMESTAMP_TYPE = pa.timestamp("s")

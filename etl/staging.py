@@ -50,8 +50,8 @@ from etl.dialect import SourceOptions
 from etl.load import load_source, source_fingerprint
 from etl.schema import LINE_SCHEMA, REJECT_SCHEMA, DayRange, ValidatedSource
 from etl.validate import validate
+from retail_contract.lake_layout import STAGING_DIR
 
-STAGING_DIR = "_staging"
 STAGING_FORMAT = 1
 _ORDER = "_order"
 #: The row group key of the rejects without a parseable day.

@@ -18,13 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl import lake as lake_stage
-from etl.destinations.base import DAY_TABLES, DayFile, DayReceipt, DayTables, DayTotals, check_day, one_line
+from etl.destinations.base import DayFile, DayReceipt, DayTables, DayTotals, check_day, one_line
 from etl.errors import LakeError
 from etl.schema import CUSTOMER_SCHEMA, REJECT_SCHEMA, ServiceSnapshot
+from retail_contract.lake_layout import DAY_FILE, TABLES
 
 _EPOCH = dt.date(1970, 1, 1)
-#: A day partition's one file, as `etl.lake` names it (`<table>/invoice_day=<day>/part-0.parquet`).
-DAY_FILE = "part-0.parquet"
 
 
 class LakeDestination:
@@ -79,7 +78,7 @@ class LakeDestination:
         return DayReceipt(
             self.name,
             day.day,
-            {table: int(written.rows.get(table, 0)) for table in DAY_TABLES},
+            {table: int(written.rows.get(table, 0)) for table in TABLES},
             detail={"files_written": len(written.files_written), "files_removed": len(written.files_removed)},
         )
 
@@ -105,13 +104,13 @@ class LakeDestination:
             table: _split_by_day(
                 lake_stage.read_lake_table(self.root, table, days, storage_options=self.storage_options), days
             )
-            for table in DAY_TABLES
+            for table in TABLES
         }
         fs, base = lake_stage.filesystem(self.root, self.storage_options)
         read: list[DayTables] = []
         for index, day in enumerate(days):
             files: dict[str, DayFile] = {}
-            for table in DAY_TABLES:
+            for table in TABLES:
                 relative = f"{table}/{lake_stage.PARTITION_COLUMN}={day.isoformat()}/{DAY_FILE}"
                 data = _read_bytes(fs, f"{base}/{relative}", self.root)
                 rows = tables[table][index].num_rows
@@ -120,7 +119,7 @@ class LakeDestination:
                     if data is None
                     else DayFile(rows=rows, path=relative, sha256=hashlib.sha256(data).hexdigest())
                 )
-            read.append(DayTables(day, {table: tables[table][index] for table in DAY_TABLES}, files))
+            read.append(DayTables(day, {table: tables[table][index] for table in TABLES}, files))
         return read
 
     def verify_day(self, day: dt.date, expected: DayTotals) -> None:
