@@ -28,12 +28,12 @@ from typing import Any, ParamSpec, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import lake as lake_stage
 from etl.client import RetailClient, RetryPolicy
 from etl.config import JobSettings
 from etl.destinations import fanout
-from etl.destinations.lake import LakeDestination
+from etl.destinations.lake_destination import LakeDestination
 from etl.dialect import SourceOptions
+from etl.lake import filesystem, is_local_filesystem, read_lake_table, write_lake, write_run_report
 from etl.load import load_source, source_fingerprint
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
@@ -266,7 +266,7 @@ def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
             report.reconciliation["service"] = service_check.to_dict()
             service_check.raise_for_differences()
         with stages.stage("write lake", total=len(days)) as counts:
-            written = lake_stage.write_lake(
+            written = write_lake(
                 config.lake,
                 days,
                 snapshot,
@@ -364,7 +364,7 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
 
 
 def _reconcile_lake(config: RunConfig, source_lines: pa.Table, days: Sequence[dt.date]) -> ReconcileReport:
-    in_lake = lake_stage.read_lake_table(
+    in_lake = read_lake_table(
         config.lake, "invoice_lines", days, storage_options=config.storage_options
     )
     return reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
@@ -373,7 +373,7 @@ def _reconcile_lake(config: RunConfig, source_lines: pa.Table, days: Sequence[dt
 def _save_report(config: RunConfig, report: RunReport) -> None:
     report.update_metrics()
     try:
-        lake_stage.write_run_report(
+        write_run_report(
             config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options
         )
     except Exception as exc:  # the run's own outcome matters more than its trace
@@ -490,7 +490,7 @@ def task_load_and_validate(
     work = WorkFolder.for_run(lake, source, days)
     staged = staged_days(source, lake, days, options=options)
     validated = staged.validated
-    fs, _ = lake_stage.filesystem(lake)
+    fs, _ = filesystem(lake)
     fs.makedirs(work.path(""), exist_ok=True)
     pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
     pq.write_table(validated.rejects, work.path("rejects.parquet"), filesystem=fs)
@@ -568,7 +568,7 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
     snapshot = asyncio.run(_read())
     source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
     reconcile(source_lines, snapshot.lines, label="service").raise_for_differences()
-    fs, _ = lake_stage.filesystem(work.lake)
+    fs, _ = filesystem(work.lake)
     pq.write_table(snapshot.lines, work.path("service_lines.parquet"), filesystem=fs)
     pq.write_table(snapshot.customers, work.path("service_customers.parquet"), filesystem=fs)
     return {
@@ -589,14 +589,14 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
         customers=_read_work_table(work, "service_customers.parquet", CUSTOMER_SCHEMA),
     )
     rejects = _read_work_table(work, "rejects.parquet", REJECT_SCHEMA)
-    written = lake_stage.write_lake(
+    written = write_lake(
         work.lake, days, snapshot, rejects, source_fingerprint=str(meta["fingerprint"])
     )
     source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
-    in_lake = lake_stage.read_lake_table(work.lake, "invoice_lines", days)
+    in_lake = read_lake_table(work.lake, "invoice_lines", days)
     check = reconcile(source_lines, in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA), label="lake")
     check.raise_for_differences()
-    fs, _ = lake_stage.filesystem(work.lake)
+    fs, _ = filesystem(work.lake)
     fs.rm(work.path(""), recursive=True)
     return {
         **dict(meta),
@@ -606,8 +606,8 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table:
-    fs, _ = lake_stage.filesystem(work.lake)
-    if lake_stage.is_local_filesystem(fs):
+    fs, _ = filesystem(work.lake)
+    if is_local_filesystem(fs):
         return pq.read_table(work.path(name), filesystem=fs, schema=schema)
     # On an object store one GET of the whole file: a reader through fsspec makes three HEADs and
     # ranged GETs for a file that is read whole anyway.

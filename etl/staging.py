@@ -45,8 +45,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import lake as lake_stage
 from etl.dialect import SourceOptions
+from etl.lake import filesystem, is_local_filesystem, put_if_absent
 from etl.load import load_source, source_fingerprint
 from etl.schema import LINE_SCHEMA, REJECT_SCHEMA, DayRange, ValidatedSource
 from etl.validate import validate
@@ -102,7 +102,7 @@ def staged_days(
     under `lake`; stages the whole source first when no committed staging exists. Raises
     `SourceError` for a source that cannot be read, as `load_source` does."""
     options = options or SourceOptions()
-    fs, root = lake_stage.filesystem(lake, storage_options)
+    fs, root = filesystem(lake, storage_options)
     base = f"{root}/{STAGING_DIR}/{staging_key(source, options)}"
     manifest = _read_manifest(fs, base)
     how = "reused"
@@ -134,7 +134,7 @@ def _build(fs: fsspec.AbstractFileSystem, base: str, source: str, options: Sourc
     validated = validate(raw, DayRange())
     build = uuid.uuid4().hex[:16]
     folder = f"{base}/{build}"
-    if lake_stage.is_local_filesystem(fs):
+    if is_local_filesystem(fs):
         os.makedirs(folder, exist_ok=True)
     groups = {
         "lines": _write_by_day(fs, f"{folder}/lines.parquet", validated.lines),
@@ -155,7 +155,7 @@ def _build(fs: fsspec.AbstractFileSystem, base: str, source: str, options: Sourc
         "row_groups": groups,
     }
     body = json.dumps(manifest, sort_keys=True).encode() + b"\n"
-    if lake_stage.put_if_absent(fs, f"{base}/manifest.json", body):
+    if put_if_absent(fs, f"{base}/manifest.json", body):
         return manifest
     # Another builder committed first: its staging holds the same rows (same key, same file).
     with contextlib.suppress(FileNotFoundError):

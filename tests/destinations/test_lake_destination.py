@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl.destinations.base import DayTables
-from etl.destinations.lake import LakeDestination
+from etl.destinations.lake_destination import LakeDestination
 from etl.errors import ReconciliationError
 from etl.lake import read_lake_table, write_lake
 from etl.schema import REJECT_SCHEMA, SOURCE_COLUMNS, ValidatedSource
