@@ -21,12 +21,11 @@ from etl.errors import ServiceError
 from etl.schema import (
     CUSTOMER_SCHEMA,
     LINE_SCHEMA,
-    PRICE_TYPE,
     TIMESTAMP_TYPE,
     ServiceSnapshot,
     in_line_order,
 )
-from retail_contract.wire import MAX_PAGE_SIZE
+from retail_contract.wire import MAX_PAGE_SIZE, PRICE_TYPE
 
 #: Longest span of days walked by one cursor chain: short enough that a long run of consecutive days
 #: still gives several chains to walk at once, long enough that a typical span is one page.

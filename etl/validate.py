@@ -37,7 +37,6 @@ import pyarrow.compute as pc
 from etl.dialect import DateFormat
 from etl.schema import (
     LINE_SCHEMA,
-    PRICE_TYPE,
     REJECT_SCHEMA,
     SOURCE_COLUMNS,
     TIMESTAMP_TYPE,
@@ -52,6 +51,7 @@ from retail_contract.limits import (
     INVOICE_NO_LENGTH,
     STOCK_CODE_LENGTH,
 )
+from retail_contract.wire import PRICE_TYPE
 
 __all__ = ["validate"]
 

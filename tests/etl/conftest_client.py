@@ -22,9 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from etl.client import RetailClient, RetryPolicy
-from etl.schema import LINE_SCHEMA, PRICE_TYPE, SOURCE_COLUMNS, TIMESTAMP_TYPE
+from etl.schema import LINE_SCHEMA, SOURCE_COLUMNS, TIMESTAMP_TYPE
 from retail_contract.content_hash import content_hash
-from retail_contract.wire import ARROW_STREAM, MAX_BULK_INVOICES, MAX_BULK_LINES
+from retail_contract.wire import ARROW_STREAM, MAX_BULK_INVOICES, MAX_BULK_LINES, PRICE_TYPE
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "sample_data" / "online_retail_sample.csv"
 BASE_URL = "http://retail.test"
