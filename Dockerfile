@@ -11,6 +11,7 @@ WORKDIR /app
 RUN useradd --create-home --uid 10001 retail
 
 COPY pyproject.toml README.md ./
+COPY retail_contract ./retail_contract
 COPY api ./api
 COPY etl ./etl
 RUN pip install .

@@ -21,39 +21,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from retail_contract.wire import (
+    ARROW_STREAM,
+    INVOICE_PAGE_SCHEMA,
+    LINE_STRUCT,
+    PAGE_TIMESTAMP_TYPE,
+)
+
 # The service's Arrow buffers come from the C library's allocator, not Arrow's own pool (mimalloc or
 # jemalloc), which kept what read-back pages had used: with it each uvicorn worker's resident memory grew
 # by ~100 MiB over a full-data read-back, and the service's peak passed its 600 MB budget.
 pa.set_memory_pool(pa.system_memory_pool())
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-NEXT_CURSOR_HEADER = "X-Next-Cursor"
-
-PRICE = pa.decimal128(12, 3)
-TIMESTAMP = pa.timestamp("us")
-
-LINE_STRUCT = pa.struct(
-    [
-        pa.field("line_no", pa.int32(), nullable=False),
-        pa.field("stock_code", pa.string(), nullable=False),
-        pa.field("description", pa.string()),
-        pa.field("quantity", pa.int64(), nullable=False),
-        pa.field("unit_price", PRICE, nullable=False),
-        pa.field("invoice_date", TIMESTAMP, nullable=False),
-    ]
-)
-
-#: One row per invoice of the page, in the page's order.
-INVOICE_PAGE_SCHEMA = pa.schema(
-    [
-        pa.field("invoice_no", pa.string(), nullable=False),
-        pa.field("invoice_date", TIMESTAMP, nullable=False),
-        pa.field("invoice_day", pa.date32(), nullable=False),
-        pa.field("country", pa.string(), nullable=False),
-        pa.field("customer_id", pa.string()),
-        pa.field("lines", pa.list_(pa.field("item", LINE_STRUCT, nullable=False)), nullable=False),
-    ]
-)
 
 #: The lines of a page, flat, before they are nested under their invoices.
 FLAT_LINE_SCHEMA = pa.schema([pa.field("invoice_no", pa.string(), nullable=False), *LINE_STRUCT])
@@ -124,7 +102,7 @@ def invoice_page_stream(headers: Sequence[Any], lines: pa.Table) -> bytes:
     batch = pa.record_batch(
         [
             numbers,
-            pa.array([h.invoice_date for h in headers], TIMESTAMP),
+            pa.array([h.invoice_date for h in headers], PAGE_TIMESTAMP_TYPE),
             pa.array([h.invoice_day for h in headers], pa.date32()),
             pa.array([h.country for h in headers], pa.string()),
             pa.array([h.customer_id for h in headers], pa.string()),

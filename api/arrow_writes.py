@@ -24,13 +24,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api import content_hash, models, schemas
-from api.arrow_pages import ARROW_STREAM, LINE_STRUCT, PRICE, TIMESTAMP
+from api import models, schemas
 from api.crud import invoice_store
+from retail_contract import content_hash
+from retail_contract.wire import (
+    ARROW_STREAM,
+    INVOICE_FIELDS,
+    LINE_FIELDS,
+    LINE_STRUCT,
+    PAGE_TIMESTAMP_TYPE,
+    PRICE_TYPE,
+)
 
-#: The columns of an invoice row and of a line struct, in the contract's order.
-INVOICE_FIELDS = ("invoice_no", "invoice_date", "customer_id", "country", "lines")
-LINE_FIELDS = ("line_no", "stock_code", "description", "quantity", "unit_price", "invoice_date")
 #: Fields that may be null; all others are required.
 NULLABLE = {"customer_id", "description", "lines.invoice_date"}
 
@@ -156,7 +161,7 @@ def _is_price(kind: pa.DataType) -> bool:
 #: Per field: whether an Arrow type is accepted, the type it is cast to, and what the message calls it.
 _TYPES: dict[str, tuple[Callable[[pa.DataType], bool], pa.DataType, str]] = {
     "string": (_is_string, pa.string(), "string"),
-    "timestamp": (_is_timestamp, TIMESTAMP, "timestamp[s] or timestamp[us] without a time zone"),
+    "timestamp": (_is_timestamp, PAGE_TIMESTAMP_TYPE, "timestamp[s] or timestamp[us] without a time zone"),
     "int32": (_is_integer, pa.int64(), "int32"),
     "int64": (_is_integer, pa.int64(), "int64"),
     "price": (_is_price, pa.decimal128(38, 3), "decimal128(12, 3)"),
@@ -550,7 +555,7 @@ def _to_store(
             line_values["stock_code"],
             line_values["description"],
             line_values["quantity"],
-            line_values["unit_price"].cast(PRICE),
+            line_values["unit_price"].cast(PRICE_TYPE),
             line_date,
         ],
         schema=STORED_LINE_SCHEMA,
@@ -609,8 +614,8 @@ def content_hashes(
     lengths = np.bincount(ordered.column("invoice").to_numpy(), minlength=count)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
     struct = pa.StructArray.from_arrays(
-        [ordered.column(name).combine_chunks() for name in content_hash.LINE_FIELDS],
-        names=list(content_hash.LINE_FIELDS),
+        [ordered.column(name).combine_chunks() for name in LINE_FIELDS],
+        names=list(LINE_FIELDS),
     )
     nested = pa.ListArray.from_arrays(offsets, struct)
     return content_hash.content_hashes(invoice_no, customer_id, invoice_date, country, nested)

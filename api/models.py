@@ -22,16 +22,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
-# Column sizes; the request schemas use the same numbers as their max lengths.
-CUSTOMER_ID_LENGTH = 20
-INVOICE_NO_LENGTH = 20
-COUNTRY_LENGTH = 64
-STOCK_CODE_LENGTH = 32
-DESCRIPTION_LENGTH = 255
-CONTENT_HASH_LENGTH = 64
+# Column sizes: the contract's field limits, which the request schemas and the job's validation use too.
+from retail_contract.limits import (
+    CONTENT_HASH_LENGTH,
+    COUNTRY_LENGTH,
+    CUSTOMER_ID_LENGTH,
+    DESCRIPTION_LENGTH,
+    INVOICE_NO_LENGTH,
+    PRICE_PRECISION,
+    PRICE_SCALE,
+    STOCK_CODE_LENGTH,
+)
 
-PRICE_PRECISION = 12
-PRICE_SCALE = 3
 _THOUSANDTHS = 10**PRICE_SCALE
 
 

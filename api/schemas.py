@@ -30,11 +30,9 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from api import models
-from api.content_hash import money_text
+from retail_contract.content_hash import money_text
+from retail_contract.wire import MAX_BULK_CUSTOMERS, MAX_BULK_INVOICES, MAX_BULK_LINES
 
-MAX_BULK_CUSTOMERS = 10_000
-MAX_BULK_INVOICES = 5_000
-MAX_BULK_LINES = 50_000
 MAX_INVOICE_LINES = MAX_BULK_LINES
 
 INT32_MAX = 2**31 - 1

@@ -37,6 +37,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from etl.errors import ServiceError
+from retail_contract.wire import ARROW_STREAM, NEXT_CURSOR_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,8 @@ RETRY_STATUSES = frozenset({429, *range(500, 600)})
 # usable scheme: sending it again cannot succeed, so they fail at once like a 4xx.
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
-#: Read-back pages as Arrow IPC (typed, columnar), JSON from a service that has no Arrow (docs/design.md);
-#: also the media type of the job's Arrow invoice bodies.
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
+#: Read-back pages as Arrow IPC (typed, columnar), JSON from a service that has no Arrow (docs/design.md).
 ACCEPT_ARROW_OR_JSON = f"{ARROW_STREAM}, application/json;q=0.5"
-NEXT_CURSOR_HEADER = "X-Next-Cursor"
-
-#: The service's limits on one bulk request (docs/design.md).
-MAX_CUSTOMERS_PER_REQUEST = 10_000
-MAX_INVOICES_PER_REQUEST = 5_000
-MAX_LINES_PER_REQUEST = 50_000
 
 
 #: What a run refused for a correction suggests (the CLI's option and the DAG's param of the same name).

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from retail_contract.lake_layout import TABLES
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data" / "online_retail_sample.csv"
 
@@ -109,7 +111,7 @@ def _show_lake(lake: Path) -> None:
     import pyarrow.dataset as ds
 
     print(f"==> the lake at {lake}:")
-    for table in ("invoice_lines", "invoices", "customers", "rejects"):
+    for table in TABLES:
         path = lake / table
         rows = ds.dataset(path, format="parquet", partitioning="hive").count_rows() if path.exists() else 0
         files = len(list(path.glob("*/*.parquet"))) if path.exists() else 0

@@ -29,13 +29,19 @@ from typing import Any, ParamSpec, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import lake as lake_stage
 from etl.client import RetailClient, RetryPolicy
 from etl.config import JobSettings
 from etl.destinations import fanout
-from etl.destinations.lake import LakeDestination
+from etl.destinations.lake_destination import LakeDestination
 from etl.dialect import SourceOptions
-from etl.lake import PARTITION_COLUMN, LakeReport
+from etl.lake import (
+    LakeReport,
+    filesystem,
+    is_local_filesystem,
+    read_lake_table,
+    write_lake,
+    write_run_report,
+)
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
@@ -51,6 +57,7 @@ from etl.schema import (
     in_line_order,
 )
 from etl.staging import Staging, stage_source
+from retail_contract.lake_layout import PARTITION_COLUMN, WORK_DIR
 
 log = logging.getLogger("etl.run")
 
@@ -478,7 +485,7 @@ def write_and_check_lake(
     """Write `days` of the lake from the reconciled `snapshot` and `rejects`, then read the days' lines
     back from the lake and reconcile them with `source_lines` (in line order). Returns the write's
     report, the check (not raised: the caller records it first) and the lake's lines."""
-    written = lake_stage.write_lake(
+    written = write_lake(
         config.lake,
         days,
         snapshot,
@@ -486,7 +493,7 @@ def write_and_check_lake(
         source_fingerprint=fingerprint,
         storage_options=config.storage_options,
     )
-    in_lake = lake_stage.read_lake_table(
+    in_lake = read_lake_table(
         config.lake, "invoice_lines", days, storage_options=config.storage_options
     )
     in_lake = in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA)
@@ -561,7 +568,7 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
 def _save_report(config: RunConfig, report: RunReport) -> None:
     report.update_metrics()
     try:
-        lake_stage.write_run_report(
+        write_run_report(
             config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options
         )
     except Exception as exc:  # the run's own outcome matters more than its trace
@@ -600,7 +607,7 @@ class WorkFolder:
 
     def path(self, name: str) -> str:
         """Where the intermediate file `name` lives."""
-        return f"{self.lake.rstrip('/')}/_work/{self.key}/{name}"
+        return f"{self.lake.rstrip('/')}/{WORK_DIR}/{self.key}/{name}"
 
 
 P = ParamSpec("P")
@@ -741,7 +748,7 @@ def task_load_and_validate(
     staging = stage_source(source, lake, options=options, cache_dir=config.cache_dir)
     loaded = time.perf_counter()
     validated = staging.read(days)
-    fs, _ = lake_stage.filesystem(lake)
+    fs, _ = filesystem(lake)
     fs.makedirs(work.path(""), exist_ok=True)
     pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
     pq.write_table(validated.rejects, work.path("rejects.parquet"), filesystem=fs)
@@ -842,7 +849,7 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
             "failed",
         )
         check.raise_for_differences()
-    fs, _ = lake_stage.filesystem(work.lake)
+    fs, _ = filesystem(work.lake)
     pq.write_table(snapshot.lines, work.path("service_lines.parquet"), filesystem=fs)
     pq.write_table(snapshot.customers, work.path("service_customers.parquet"), filesystem=fs)
     return {
@@ -879,7 +886,7 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
         reconciliation = {**dict(meta.get("reconciliation") or {}), "lake": check.to_dict()}
         save_dag_report({**meta, "reconciliation": reconciliation}, "failed")
         check.raise_for_differences()
-    fs, _ = lake_stage.filesystem(work.lake)
+    fs, _ = filesystem(work.lake)
     fs.rm(work.path(""), recursive=True)
     return {
         **dict(meta),
@@ -890,8 +897,8 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_work_table(work: WorkFolder, name: str, schema: pa.Schema) -> pa.Table:
-    fs, _ = lake_stage.filesystem(work.lake)
-    if lake_stage.is_local_filesystem(fs):
+    fs, _ = filesystem(work.lake)
+    if is_local_filesystem(fs):
         return pq.read_table(work.path(name), filesystem=fs, schema=schema)
     # On an object store one GET of the whole file: a reader through fsspec makes three HEADs and
     # ranged GETs for a file that is read whole anyway.

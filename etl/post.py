@@ -5,12 +5,16 @@ invoice, its lines nested as a list of structs; docs/design.md "Bulk write"), an
 are computed with Arrow compute functions over the same columns: no Python object is made per line, which
 made building JSON bodies and hashing them per dict the job's largest cost of posting. A batch is built
 when it is about to be sent, so at most `concurrency` bodies exist at once.
+
+`post_lines` runs its phases in order, each returning a small frozen dataclass: `plan_posting` (the
+requests), `post_customers`, `compare_hashes` (or `not_compared`), `refuse_corrections` under `fail` or
+`replace_customers` under `replace`, then `post_invoices` (`post_invoice_batch` per request).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, get_args
@@ -19,39 +23,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api.content_hash import content_hashes as canonical_content_hashes
-from etl.client import (
-    MAX_CUSTOMERS_PER_REQUEST,
-    MAX_INVOICES_PER_REQUEST,
-    MAX_LINES_PER_REQUEST,
-    REPLACE_HINT,
-    RetailClient,
-    RetryStats,
-    gather_bounded,
-)
+from etl.client import REPLACE_HINT, RetailClient, RetryStats, gather_bounded
 from etl.errors import InvoiceConflictError, ServiceError
 from etl.schema import LINE_SCHEMA, TIMESTAMP_TYPE
-
-#: One line inside an invoice row of the Arrow body: api/arrow_pages.py LINE_STRUCT, with the job's
-#: second-resolution timestamps (the contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
-LINE_BODY_TYPE = pa.struct(
-    [
-        LINE_SCHEMA.field(name)
-        for name in ("line_no", "stock_code", "description", "quantity", "unit_price", "invoice_date")
-    ]
+from retail_contract import content_hash
+from retail_contract.wire import (
+    MAX_BULK_CUSTOMERS,
+    MAX_BULK_INVOICES,
+    MAX_BULK_LINES,
+    invoice_body_schema,
+    line_struct,
 )
 
-#: The Arrow body of `POST /bulk/invoices`: one row per invoice, its lines in `line_no` order. The
-#: read-back page schema (api/arrow_pages.py INVOICE_PAGE_SCHEMA) minus the derived `invoice_day`.
-INVOICE_BODY_SCHEMA = pa.schema(
-    [
-        pa.field("invoice_no", pa.string(), nullable=False),
-        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
-        pa.field("customer_id", pa.string()),
-        pa.field("country", pa.string(), nullable=False),
-        pa.field("lines", pa.list_(pa.field("item", LINE_BODY_TYPE, nullable=False)), nullable=False),
-    ]
-)
+#: One line inside an invoice row of the Arrow body, with the job's second-resolution timestamps (the
+#: contract takes `timestamp[s]` or `timestamp[us]`): LINE_SCHEMA's fields.
+LINE_BODY_TYPE = line_struct(TIMESTAMP_TYPE)
+#: The Arrow body of `POST /bulk/invoices` as the job sends it (`retail_contract.wire`).
+INVOICE_BODY_SCHEMA = invoice_body_schema(TIMESTAMP_TYPE)
 
 
 #: What a run does with an invoice the service holds with other content (`--on-conflict`): `fail`
@@ -141,24 +129,93 @@ async def post_lines(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    if not 1 <= max_lines_per_request <= MAX_LINES_PER_REQUEST:
-        raise ValueError(f"max_lines_per_request must be within 1..{MAX_LINES_PER_REQUEST}")
+    if not 1 <= max_lines_per_request <= MAX_BULK_LINES:
+        raise ValueError(f"max_lines_per_request must be within 1..{MAX_BULK_LINES}")
     on_conflict = parse_on_conflict(on_conflict)
     replacing = on_conflict == "replace"
-    # Replacing needs to know which invoices differ, which only the comparison tells.
-    comparing = skip_unchanged or replacing
     retries_before = client.retry_stats
+
+    plan = plan_posting(lines, max_lines_per_request=max_lines_per_request)
+    customers = await post_customers(client, plan, concurrency=concurrency)
+    # Replacing needs to know which invoices differ, which only the comparison tells.
+    if skip_unchanged or replacing:
+        comparisons = await compare_hashes(client, plan, concurrency=concurrency)
+    else:
+        comparisons = not_compared(plan)
+    if not replacing:
+        refuse_corrections(comparisons)
+    replaced_customers = (
+        await replace_customers(client, lines, customers.conflicts) if replacing else CustomersReplaced(())
+    )
+    invoices = await post_invoices(
+        client,
+        plan,
+        comparisons,
+        concurrency=concurrency,
+        skip_unchanged=skip_unchanged,
+        on_progress=on_progress,
+    )
+
+    replaced_ids = set(replaced_customers.customer_ids)
+    return PostReport(
+        customers_created=customers.created,
+        customers_existing=customers.existing,
+        customer_conflicts=tuple(c for c in customers.conflicts if c not in replaced_ids),
+        invoices_created=invoices.created,
+        invoices_unchanged=invoices.unchanged,
+        invoices_skipped=invoices.skipped,
+        lines_created=invoices.lines_created,
+        requests=len(plan.customer_batches) + len(plan.invoice_batches),
+        retries=client.retry_stats.since(retries_before),
+        replaced_invoices=tuple(sorted(number for number, _day in invoices.replaced)),
+        replaced_days=tuple(sorted({day for _number, day in invoices.replaced})),
+        customers_replaced=replaced_customers.customer_ids,
+    )
+
+
+@dataclass(frozen=True)
+class PostingPlan:
+    """What `post_lines` sends, decided before anything is sent."""
+
+    #: The lines with each invoice contiguous, in `line_no` order (`sort_for_posting`).
+    ordered: pa.Table
+    #: The customers' `/bulk/customers` bodies, in order.
+    customer_batches: tuple[tuple[dict[str, Any], ...], ...]
+    #: The invoice requests: whole invoices of `ordered`.
+    invoice_batches: tuple[InvoiceBatch, ...]
+
+
+def plan_posting(lines: pa.Table, *, max_lines_per_request: int) -> PostingPlan:
+    """Order `lines` for posting and cut customers and invoices into requests within the bulk limits."""
     # Sorted first: a table without LINE_SCHEMA's columns stops the stage before anything is sent.
     ordered = sort_for_posting(lines)
-
     customers = customer_payloads(lines)
-    customer_batches = [
-        customers[i : i + MAX_CUSTOMERS_PER_REQUEST]
-        for i in range(0, len(customers), MAX_CUSTOMERS_PER_REQUEST)
-    ]
+    return PostingPlan(
+        ordered=ordered,
+        customer_batches=tuple(
+            tuple(customers[i : i + MAX_BULK_CUSTOMERS]) for i in range(0, len(customers), MAX_BULK_CUSTOMERS)
+        ),
+        invoice_batches=tuple(
+            plan_invoice_batches(ordered, max_lines=max_lines_per_request, max_invoices=MAX_BULK_INVOICES)
+        ),
+    )
 
-    async def post_customer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        answer = await client.post_customers(batch)
+
+@dataclass(frozen=True)
+class CustomersPosted:
+    """What the service acknowledged for the plan's customers."""
+
+    created: int
+    existing: int
+    #: Customers it holds under another country, sorted (not an error: invoices keep their own).
+    conflicts: tuple[str, ...]
+
+
+async def post_customers(client: RetailClient, plan: PostingPlan, *, concurrency: int) -> CustomersPosted:
+    """Post the plan's customers first: an invoice naming an unknown customer is refused."""
+
+    async def post_batch(batch: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+        answer = await client.post_customers(list(batch))
         created, existing = _count(answer, "created"), _count(answer, "existing")
         if created + existing != len(batch):
             raise ServiceError(
@@ -166,107 +223,177 @@ async def post_lines(
             )
         return answer
 
-    customer_answers = await gather_bounded(
-        [partial(post_customer_batch, batch) for batch in customer_batches], concurrency
+    jobs = [partial(post_batch, batch) for batch in plan.customer_batches]
+    answers = await gather_bounded(jobs, concurrency)
+    return CustomersPosted(
+        created=sum(_count(a, "created") for a in answers),
+        existing=sum(_count(a, "existing") for a in answers),
+        conflicts=tuple(sorted({str(c) for answer in answers for c in answer.get("conflicts") or ()})),
     )
-    conflicts = sorted({str(c) for answer in customer_answers for c in answer.get("conflicts") or ()})
 
-    batches = plan_invoice_batches(
-        ordered, max_lines=max_lines_per_request, max_invoices=MAX_INVOICES_PER_REQUEST
-    )
 
-    async def compare_batch(batch: InvoiceBatch) -> tuple[frozenset[str], frozenset[str]]:
+@dataclass(frozen=True)
+class HashComparison:
+    """The service's verdict on one invoice batch's content hashes, by invoice number."""
+
+    unchanged: frozenset[str]
+    #: Held with other content: corrections.
+    different: frozenset[str]
+
+
+async def compare_hashes(
+    client: RetailClient, plan: PostingPlan, *, concurrency: int
+) -> tuple[HashComparison, ...]:
+    """Ask the service which invoices of each batch it holds with the same content hash
+    (`/bulk/invoices/compare`), for every batch before any invoice is posted."""
+
+    async def compare_batch(batch: InvoiceBatch) -> HashComparison:
         # The hashes only: the body is built again when the batch is posted, so that bodies exist only
         # for requests in flight (building one is offsets; hashing is the cost, and it is done once).
-        invoices = invoice_table(ordered.slice(batch.start, batch.lines))
+        invoices = invoice_table(plan.ordered.slice(batch.start, batch.lines))
         numbers = invoices["invoice_no"].to_pylist()
         comparison = await client.compare_invoices(dict(zip(numbers, content_hashes(invoices), strict=True)))
-        return frozenset(_numbers(comparison, "unchanged")), frozenset(_numbers(comparison, "different"))
+        return HashComparison(
+            frozenset(_numbers(comparison, "unchanged")), frozenset(_numbers(comparison, "different"))
+        )
 
-    if comparing:
-        comparisons = await gather_bounded([partial(compare_batch, batch) for batch in batches], concurrency)
-    else:
-        comparisons = [(frozenset(), frozenset())] * len(batches)
-    different = sorted(number for _, changed in comparisons for number in changed)
-    if different and not replacing:
+    jobs = [partial(compare_batch, batch) for batch in plan.invoice_batches]
+    return tuple(await gather_bounded(jobs, concurrency))
+
+
+def not_compared(plan: PostingPlan) -> tuple[HashComparison, ...]:
+    """The comparisons of a run that compares nothing: every invoice is posted."""
+    return (HashComparison(frozenset(), frozenset()),) * len(plan.invoice_batches)
+
+
+def refuse_corrections(comparisons: Sequence[HashComparison]) -> None:
+    """Raise `InvoiceConflictError` naming the invoices the service holds with other content, if any:
+    under `on_conflict="fail"` nothing has been stored yet, and nothing is."""
+    different = sorted(number for comparison in comparisons for number in comparison.different)
+    if different:
         shown = ", ".join(different[:5]) + (f" and {len(different) - 5} more" if len(different) > 5 else "")
         raise InvoiceConflictError(
             f"the service holds invoice(s) {shown} with other content; no invoice was stored; {REPLACE_HINT}"
         )
 
-    customers_replaced: list[str] = []
-    if replacing and conflicts:
+
+@dataclass(frozen=True)
+class CustomersReplaced:
+    """Customers whose stored country was replaced with the source's, in the order they were PUT."""
+
+    customer_ids: tuple[str, ...]
+
+
+async def replace_customers(
+    client: RetailClient, lines: pa.Table, conflicts: Sequence[str]
+) -> CustomersReplaced:
+    """PUT the source's country of each of `conflicts` whose lines all name one country (one by one:
+    they are few)."""
+    replaced: list[str] = []
+    if conflicts:
         countries = unambiguous_countries(lines, conflicts)
         for customer_id in conflicts:
             if customer_id in countries:
                 await client.replace_customer(customer_id, countries[customer_id])
-                customers_replaced.append(customer_id)
+                replaced.append(customer_id)
+    return CustomersReplaced(tuple(replaced))
 
-    async def post_invoice_batch(
-        batch: InvoiceBatch, comparison: tuple[frozenset[str], frozenset[str]]
-    ) -> dict[str, Any]:
-        # Built here, once the batch holds a slot, so that bodies exist only for requests in flight.
-        invoices = invoice_table(ordered.slice(batch.start, batch.lines))
-        # A rerun: what the service holds with the same content hash need not travel again.
-        skipped = comparison[0] if skip_unchanged else frozenset()
-        changed = comparison[1]
-        corrections = invoices.slice(0, 0)
-        held = skipped | changed
-        if held:
-            taken = pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(held), pa.string()))
-            corrections = invoices.filter(
-                pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(changed), pa.string()))
-            )
-            invoices = invoices.filter(pc.invert(taken))
-        answer = {"created": 0, "unchanged": 0, "lines_created": 0}
-        if invoices.num_rows:
-            answer = await client.post_invoice_table(invoices)
-        replaced, created_by_put = await _replace_invoices(client, corrections)
-        created, unchanged = _count(answer, "created"), _count(answer, "unchanged")
-        if created + unchanged + len(skipped) + len(replaced) + created_by_put != batch.invoices:
-            by_put = len(replaced) + created_by_put
-            raise ServiceError(
-                f"the service acknowledged {created} created + {unchanged} unchanged "
-                f"(+ {len(skipped)} by hash{f', {by_put} by PUT' if by_put else ''}) "
-                f"of {batch.invoices} invoices"
-            )
-        if on_progress is not None:
-            on_progress(batch.lines)
-        return {
-            **answer,
-            "created": created + created_by_put,
-            "unchanged": unchanged + len(skipped),
-            "skipped": len(skipped),
-            "replaced": replaced,
-        }
 
-    invoice_answers = await gather_bounded(
-        [
-            partial(post_invoice_batch, batch, comparison)
-            for batch, comparison in zip(batches, comparisons, strict=True)
-        ],
-        concurrency,
+@dataclass(frozen=True)
+class BatchPosted:
+    """What the service acknowledged for one invoice batch."""
+
+    #: Stored new, by `POST /bulk/invoices` or (deleted since compared) by PUT.
+    created: int
+    #: Held identically, found by their hash or when posted.
+    unchanged: int
+    #: Of those, not sent because their hash matched.
+    skipped: int
+    #: (number, invoice day) of each correction replaced by PUT.
+    replaced: tuple[tuple[str, dt.date], ...]
+    #: The bulk answer as it came: its `lines_created` is checked once every batch is acknowledged,
+    #: as it always was (checking it here would cancel batches still in flight).
+    answer: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class InvoicesPosted:
+    """What the service acknowledged for all the plan's invoice batches."""
+
+    created: int
+    unchanged: int
+    skipped: int
+    lines_created: int
+    replaced: tuple[tuple[str, dt.date], ...]
+
+
+async def post_invoices(
+    client: RetailClient,
+    plan: PostingPlan,
+    comparisons: Sequence[HashComparison],
+    *,
+    concurrency: int,
+    skip_unchanged: bool,
+    on_progress: Callable[[int], None] | None,
+) -> InvoicesPosted:
+    """Post each batch's invoices the service does not hold identically (all of them without
+    `skip_unchanged`), and PUT its corrections whole (`comparisons`' `different`)."""
+    jobs = [
+        partial(post_invoice_batch, client, plan.ordered, batch, comparison, skip_unchanged, on_progress)
+        for batch, comparison in zip(plan.invoice_batches, comparisons, strict=True)
+    ]
+    batches = await gather_bounded(jobs, concurrency)
+    return InvoicesPosted(
+        created=sum(b.created for b in batches),
+        unchanged=sum(b.unchanged for b in batches),
+        skipped=sum(b.skipped for b in batches),
+        lines_created=sum(_count(b.answer, "lines_created") for b in batches),
+        replaced=tuple(pair for b in batches for pair in b.replaced),
     )
 
-    replaced_days: set[dt.date] = set()
-    replaced_invoices: list[str] = []
-    for answer in invoice_answers:
-        for number, day in answer["replaced"]:
-            replaced_invoices.append(number)
-            replaced_days.add(day)
-    return PostReport(
-        customers_created=sum(_count(a, "created") for a in customer_answers),
-        customers_existing=sum(_count(a, "existing") for a in customer_answers),
-        customer_conflicts=tuple(c for c in conflicts if c not in set(customers_replaced)),
-        invoices_created=sum(_count(a, "created") for a in invoice_answers),
-        invoices_unchanged=sum(_count(a, "unchanged") for a in invoice_answers),
-        invoices_skipped=sum(_count(a, "skipped") for a in invoice_answers),
-        lines_created=sum(_count(a, "lines_created") for a in invoice_answers),
-        requests=len(customer_batches) + len(batches),
-        retries=client.retry_stats.since(retries_before),
-        replaced_invoices=tuple(sorted(replaced_invoices)),
-        replaced_days=tuple(sorted(replaced_days)),
-        customers_replaced=tuple(customers_replaced),
+
+async def post_invoice_batch(
+    client: RetailClient,
+    ordered: pa.Table,
+    batch: InvoiceBatch,
+    comparison: HashComparison,
+    skip_unchanged: bool,
+    on_progress: Callable[[int], None] | None,
+) -> BatchPosted:
+    """Post one batch (those of its invoices not held, or all) and replace its corrections by PUT."""
+    # Built here, once the batch holds a slot, so that bodies exist only for requests in flight.
+    invoices = invoice_table(ordered.slice(batch.start, batch.lines))
+    # A rerun: what the service holds with the same content hash need not travel again.
+    skipped = comparison.unchanged if skip_unchanged else frozenset()
+    changed = comparison.different
+    corrections = invoices.slice(0, 0)
+    held = skipped | changed
+    if held:
+        taken = pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(held), pa.string()))
+        corrections = invoices.filter(
+            pc.is_in(invoices["invoice_no"], value_set=pa.array(sorted(changed), pa.string()))
+        )
+        invoices = invoices.filter(pc.invert(taken))
+    answer: dict[str, Any] = {"created": 0, "unchanged": 0, "lines_created": 0}
+    if invoices.num_rows:
+        answer = await client.post_invoice_table(invoices)
+    replaced, created_by_put = await _replace_invoices(client, corrections)
+    created, unchanged = _count(answer, "created"), _count(answer, "unchanged")
+    if created + unchanged + len(skipped) + len(replaced) + created_by_put != batch.invoices:
+        by_put = len(replaced) + created_by_put
+        raise ServiceError(
+            f"the service acknowledged {created} created + {unchanged} unchanged "
+            f"(+ {len(skipped)} by hash{f', {by_put} by PUT' if by_put else ''}) "
+            f"of {batch.invoices} invoices"
+        )
+    if on_progress is not None:
+        on_progress(batch.lines)
+    return BatchPosted(
+        created=created + created_by_put,
+        unchanged=unchanged + len(skipped),
+        skipped=len(skipped),
+        replaced=tuple(replaced),
+        answer=answer,
     )
 
 
@@ -442,9 +569,9 @@ def invoice_table(ordered: pa.Table) -> pa.Table:
 
 
 def content_hashes(invoices: pa.Table) -> list[str]:
-    """The service's content hash of each row of an `invoice_table` (`api.content_hash`, the one
-    definition the service uses too; `invoice_table` nests the lines in `line_no` order)."""
-    return canonical_content_hashes(
+    """The service's content hash of each row of an `invoice_table` (`retail_contract.content_hash`,
+    the one definition the service uses too; `invoice_table` nests the lines in `line_no` order)."""
+    return content_hash.content_hashes(
         invoices["invoice_no"],
         invoices["customer_id"],
         invoices["invoice_date"],
@@ -453,14 +580,14 @@ def content_hashes(invoices: pa.Table) -> list[str]:
     )
 
 
-def _numbers(answer: dict[str, Any], key: str) -> list[str]:
+def _numbers(answer: Mapping[str, Any], key: str) -> list[str]:
     value = answer.get(key)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ServiceError(f"the service's answer lacks the list {key!r}: {answer!r:.200}")
     return value
 
 
-def _count(answer: dict[str, Any], key: str) -> int:
+def _count(answer: Mapping[str, Any], key: str) -> int:
     value = answer.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ServiceError(f"the service's answer lacks the count {key!r}: {answer!r:.200}")

@@ -21,11 +21,11 @@ from etl.errors import ServiceError
 from etl.schema import (
     CUSTOMER_SCHEMA,
     LINE_SCHEMA,
-    PRICE_TYPE,
     TIMESTAMP_TYPE,
     ServiceSnapshot,
     in_line_order,
 )
+from retail_contract.wire import MAX_PAGE_SIZE, PRICE_TYPE
 
 #: Longest span of days walked by one cursor chain: short enough that a long run of consecutive days
 #: still gives several chains to walk at once, long enough that a typical span is one page.
@@ -50,8 +50,8 @@ async def read_back(
     spans (`calendar_spans`), so a customer invoiced only on a day between two of `days` may be listed
     too; the lake takes from them just the customers of the lines it writes.
     """
-    if not 1 <= page_size <= 5000:
-        raise ValueError("page_size must be within 1..5000")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be within 1..{MAX_PAGE_SIZE}")
     spans = day_spans(days)
     line_jobs = [partial(_read_lines, client, start, end, page_size) for start, end in spans]
     customer_jobs = [

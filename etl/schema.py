@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.dialect import SourceDialect
+from retail_contract.wire import line_struct
 
 if TYPE_CHECKING:  # pandas is only needed by a caller that asks for a frame
     import pandas as pd
 
-PRICE_TYPE = pa.decimal128(12, 3)
 # quantity * unit_price summed over the whole data set fits comfortably in 18 digits.
 AMOUNT_TYPE = pa.decimal128(18, 3)
 TIMESTAMP_TYPE = pa.timestamp("s")
@@ -36,16 +36,12 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "Country",
 )
 
-#: One invoice line, as validated from the source and as read back from the service.
+#: One invoice line, as validated from the source and as read back from the service: the wire's line
+#: (`retail_contract.wire.line_struct`, with the job's timestamps) between its invoice's fields.
 LINE_SCHEMA = pa.schema(
     [
         pa.field("invoice_no", pa.string(), nullable=False),
-        pa.field("line_no", pa.int32(), nullable=False),
-        pa.field("stock_code", pa.string(), nullable=False),
-        pa.field("description", pa.string()),
-        pa.field("quantity", pa.int64(), nullable=False),
-        pa.field("unit_price", PRICE_TYPE, nullable=False),
-        pa.field("invoice_date", TIMESTAMP_TYPE, nullable=False),
+        *line_struct(TIMESTAMP_TYPE),
         pa.field("customer_id", pa.string()),
         pa.field("country", pa.string(), nullable=False),
         pa.field("invoice_day", pa.date32(), nullable=False),

@@ -45,13 +45,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import lake as lake_stage
 from etl.dialect import SourceOptions
+from etl.lake import filesystem, is_local_filesystem, put_if_absent
 from etl.load import load_source, source_fingerprint
 from etl.schema import LINE_SCHEMA, REJECT_SCHEMA, DayRange, ValidatedSource
 from etl.validate import validate
+from retail_contract.lake_layout import STAGING_DIR
 
-STAGING_DIR = "_staging"
 STAGING_FORMAT = 1
 _ORDER = "_order"
 #: The row group key of the rejects without a parseable day.
@@ -153,7 +153,7 @@ def stage_source(
     else built now (the whole source loaded and validated once). Raises `SourceError` for a source that
     cannot be read, as `load_source` does."""
     options = options or SourceOptions()
-    fs, base_root = lake_stage.filesystem(root, storage_options)
+    fs, base_root = filesystem(root, storage_options)
     base = f"{base_root}/{STAGING_DIR}/{staging_key(source, options)}"
     manifest = _read_manifest(fs, base)
     how = "reused"
@@ -202,7 +202,7 @@ def _build(
     validated = validate(raw, DayRange())
     build = uuid.uuid4().hex[:16]
     folder = f"{base}/{build}"
-    if lake_stage.is_local_filesystem(fs):
+    if is_local_filesystem(fs):
         os.makedirs(folder, exist_ok=True)
     groups = {
         "lines": _write_by_day(fs, f"{folder}/lines.parquet", validated.lines),
@@ -223,7 +223,7 @@ def _build(
         "row_groups": groups,
     }
     body = json.dumps(manifest, sort_keys=True).encode() + b"\n"
-    if lake_stage.put_if_absent(fs, f"{base}/manifest.json", body):
+    if put_if_absent(fs, f"{base}/manifest.json", body):
         return manifest
     # Another builder committed first: its staging holds the same rows (same key, same file).
     with contextlib.suppress(FileNotFoundError):

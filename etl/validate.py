@@ -37,7 +37,6 @@ import pyarrow.compute as pc
 from etl.dialect import DateFormat
 from etl.schema import (
     LINE_SCHEMA,
-    PRICE_TYPE,
     REJECT_SCHEMA,
     SOURCE_COLUMNS,
     TIMESTAMP_TYPE,
@@ -45,14 +44,17 @@ from etl.schema import (
     RawSource,
     ValidatedSource,
 )
+from retail_contract.limits import (
+    COUNTRY_LENGTH,
+    CUSTOMER_ID_LENGTH,
+    DESCRIPTION_LENGTH,
+    INVOICE_NO_LENGTH,
+    STOCK_CODE_LENGTH,
+)
+from retail_contract.wire import PRICE_TYPE
 
 __all__ = ["validate"]
 
-MAX_INVOICE_NO = 20
-MAX_STOCK_CODE = 32
-MAX_DESCRIPTION = 255
-MAX_COUNTRY = 64
-MAX_CUSTOMER_ID = 20
 # decimal128(12, 3) holds 9 integer digits: |price| < 1e9.
 _PRICE_INTEGER_DIGITS = PRICE_TYPE.precision - PRICE_TYPE.scale
 _PRICE_DECIMALS = PRICE_TYPE.scale
@@ -99,16 +101,16 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     # Each rule: (violated mask, reason for the rows it flags); reasons are built for those rows only.
     rules: list[tuple[pa.Array, _Reason]] = [
         (_is_empty(invoice_no), _fixed("empty InvoiceNo")),
-        (_longer(invoice_no, MAX_INVOICE_NO), _too_long("InvoiceNo", MAX_INVOICE_NO)),
+        (_longer(invoice_no, INVOICE_NO_LENGTH), _too_long("InvoiceNo", INVOICE_NO_LENGTH)),
         (_is_empty(stock_code), _fixed("empty StockCode")),
-        (_longer(stock_code, MAX_STOCK_CODE), _too_long("StockCode", MAX_STOCK_CODE)),
-        (_longer(description, MAX_DESCRIPTION), _too_long("Description", MAX_DESCRIPTION)),
+        (_longer(stock_code, STOCK_CODE_LENGTH), _too_long("StockCode", STOCK_CODE_LENGTH)),
+        (_longer(description, DESCRIPTION_LENGTH), _too_long("Description", DESCRIPTION_LENGTH)),
         *quantity_problems,
         *price_problems,
         (pc.invert(date_ok), _quoted("unparseable InvoiceDate")),
         *customer_problems,
         (_is_empty(country), _fixed("empty Country")),
-        (_longer(country, MAX_COUNTRY), _too_long("Country", MAX_COUNTRY)),
+        (_longer(country, COUNTRY_LENGTH), _too_long("Country", COUNTRY_LENGTH)),
     ]
     rejected = _any(n, [mask for mask, _ in rules])
     reasons = _reasons(rejected, rules, text)
@@ -398,13 +400,13 @@ def _customer_id(value: pa.Array) -> _Checked:
     digits = pc.match_substring_regex(value, r"^\d+(\.0*)?$")
     customer = pc.replace_substring_regex(value, r"\.0*$", "")
     customer = pc.if_else(pc.and_(digits, pc.invert(empty)), customer, None)
-    too_long = pc.fill_null(pc.greater(pc.utf8_length(customer), MAX_CUSTOMER_ID), False)
+    too_long = pc.fill_null(pc.greater(pc.utf8_length(customer), CUSTOMER_ID_LENGTH), False)
     problems = [
         (
             pc.and_(pc.invert(empty), pc.invert(digits)),
             _Reason("CustomerID", "CustomerID", " is not a whole number"),
         ),
-        (too_long, _Reason(f"CustomerID longer than {MAX_CUSTOMER_ID} digits")),
+        (too_long, _Reason(f"CustomerID longer than {CUSTOMER_ID_LENGTH} digits")),
     ]
     return customer, problems
 

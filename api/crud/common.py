@@ -18,10 +18,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api import schemas
-from api.content_hash import LineTuple
 from api.core.db import begin_write
 from api.errors import InvalidBodyError
 from api.models import Customer, Invoice, InvoiceLine
+from retail_contract.content_hash import LineTuple
 
 __all__ = ["LineTuple"]
 

@@ -21,11 +21,11 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from api import schemas
-from api.content_hash import content_hash
 from api.crud import common
 from api.errors import ConflictError, InvalidInputError, ServiceError
 from api.events import outbox
 from api.models import Customer, Invoice
+from retail_contract.content_hash import content_hash
 
 
 def unknown_bulk_customer(index: int, customer_id: str) -> InvalidInputError:

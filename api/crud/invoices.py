@@ -16,13 +16,13 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select, upda
 from sqlalchemy.orm import Session
 
 from api import schemas
-from api.content_hash import content_hash, money_text
 from api.core import etag
 from api.core.merge_patch import apply_merge_patch
 from api.crud import common, invoice_store
 from api.errors import ConflictError, InvalidInputError, NotFoundError, ServiceError
 from api.events import outbox
 from api.models import Customer, Invoice, InvoiceLine
+from retail_contract.content_hash import content_hash, money_text
 
 
 def _json_default(value: object) -> str:

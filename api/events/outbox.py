@@ -23,8 +23,8 @@ import orjson
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from api.content_hash import money_text
 from api.models import OutboxEvent
+from retail_contract.content_hash import money_text
 
 CUSTOMER_CREATED = "customer.created"
 INVOICE_CREATED = "invoice.created"

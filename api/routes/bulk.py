@@ -18,6 +18,7 @@ from api.core.fastjson import OrjsonRoute
 from api.crud import customers, invoice_pages, invoice_store
 from api.deps import SecuredRouter, SessionDep, requires
 from api.routes.contract import DATA_ROUTE_ERRORS, add_head_route
+from retail_contract import wire
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class BulkInvoicesRoute(OrjsonRoute):
 
 _ARROW_BODY_DESCRIPTION = (
     "JSON (`BulkInvoicesCreate`), or an Arrow IPC stream (`Content-Type: "
-    f"{arrow_pages.ARROW_STREAM}`): one row per invoice with columns `invoice_no` (string), `invoice_date` "
+    f"{wire.ARROW_STREAM}`): one row per invoice with columns `invoice_no` (string), `invoice_date` "
     "(timestamp[s] or timestamp[us], no time zone), `customer_id` (string, nullable), `country` (string) "
     "and `lines`, a list of structs `line_no` (int32), `stock_code` (string), `description` (string, "
     "nullable), `quantity` (int64), `unit_price` (decimal128(12, 3)), `invoice_date` (timestamp, nullable: "
@@ -169,7 +170,7 @@ router.add_api_route(
     openapi_extra={
         "requestBody": {
             "description": _ARROW_BODY_DESCRIPTION,
-            "content": {arrow_pages.ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {wire.ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
         }
     },
 )
@@ -209,11 +210,11 @@ def compare_invoices(session: SessionDep, body: schemas.InvoiceHashes) -> schema
     response_model=schemas.InvoicePage,
     responses={
         200: {
-            "content": {arrow_pages.ARROW_STREAM: {}},
+            "content": {wire.ARROW_STREAM: {}},
             "description": (
                 "The page as JSON (`InvoicePage`), or, when `Accept` names "
-                f"`{arrow_pages.ARROW_STREAM}`, as one Arrow record batch of invoices with their lines "
-                f"and the next page's cursor in the `{arrow_pages.NEXT_CURSOR_HEADER}` header"
+                f"`{wire.ARROW_STREAM}`, as one Arrow record batch of invoices with their lines "
+                f"and the next page's cursor in the `{wire.NEXT_CURSOR_HEADER}` header"
             ),
         }
     },
@@ -231,8 +232,8 @@ def read_invoices(
         stream, next_cursor = invoice_pages.read_invoices_page_arrow(
             session, start=start, end=end, limit=limit, cursor=cursor
         )
-        headers = {arrow_pages.NEXT_CURSOR_HEADER: next_cursor} if next_cursor is not None else None
-        return Response(content=stream, media_type=arrow_pages.ARROW_STREAM, headers=headers)
+        headers = {wire.NEXT_CURSOR_HEADER: next_cursor} if next_cursor is not None else None
+        return Response(content=stream, media_type=wire.ARROW_STREAM, headers=headers)
     # Already JSON in the shape of `InvoicePage` (the response_model, which documents it).
     page = invoice_pages.read_invoices_page(session, start=start, end=end, limit=limit, cursor=cursor)
     return Response(content=page, media_type="application/json")

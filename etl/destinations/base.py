@@ -27,11 +27,10 @@ from tenacity import (
 )
 
 from etl.errors import ReconciliationError
+from retail_contract.lake_layout import TABLES
 
 log = logging.getLogger("etl.destinations")
 
-#: The tables of a lake day, in the lake's order.
-DAY_TABLES = ("invoice_lines", "invoices", "customers", "rejects")
 #: Connection attempts before a destination is called unreachable (waits 0.25, 0.5, 1 s between them).
 CONNECT_ATTEMPTS = 4
 
@@ -95,7 +94,7 @@ def check_day(destination: str, day: dt.date, expected: DayTotals, found: DayTot
 
 @dataclass(frozen=True)
 class DayTables:
-    """One invoice day as the lake holds it: each of `DAY_TABLES` (the lake's table schema, with
+    """One invoice day as the lake holds it: each of `TABLES` (the lake's table schema, with
     `invoice_day`), and each table's file (`files`; empty when the tables were not read from files)."""
 
     day: dt.date
@@ -105,7 +104,7 @@ class DayTables:
     @property
     def rows(self) -> dict[str, int]:
         """Rows per table."""
-        return {name: self.tables[name].num_rows for name in DAY_TABLES if name in self.tables}
+        return {name: self.tables[name].num_rows for name in TABLES if name in self.tables}
 
     def totals(self) -> DayTotals:
         """The day's totals, which every destination is verified against."""

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from etl.destinations.base import DAY_TABLES, DayReceipt, DayTables, Destination
+from etl.destinations.base import DayReceipt, DayTables, Destination
 from etl.destinations.queue import DEFAULT_EXCHANGE, QueueDestination, check_notify_url
 from etl.destinations.warehouse import open_warehouse, parse_warehouse_url
+from retail_contract.lake_layout import TABLES
 
 log = logging.getLogger("etl.destinations")
 
@@ -91,7 +92,7 @@ def notify_days(
 
 
 def _received(receipts: Sequence[DayReceipt]) -> dict[str, Any]:
-    rows = dict.fromkeys(DAY_TABLES, 0)
+    rows = dict.fromkeys(TABLES, 0)
     for receipt in receipts:
         for table, count in receipt.rows.items():
             rows[table] = rows.get(table, 0) + count

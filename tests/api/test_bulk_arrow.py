@@ -15,11 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from api import arrow_pages, arrow_writes, content_hash, schemas
+from api import arrow_writes, schemas
 from api.crud import invoice_store
+from retail_contract import content_hash, wire
 from tests.api.helpers import invoice, line, row_counts
 
-ARROW = arrow_pages.ARROW_STREAM
+ARROW = wire.ARROW_STREAM
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "online_retail_sample.csv"
 
 LINE_TYPE = pa.struct(

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from api.content_hash import LINE_FIELDS, content_hash, content_hashes
+from retail_contract.content_hash import content_hash, content_hashes
+from retail_contract.wire import LINE_FIELDS
 from tests.api.helpers import invoice, line
 
 TRICKY_TEXT = [
@@ -165,4 +166,4 @@ def test_the_arrow_definition_equals_the_python_one_for_every_kind_of_value() ->
 def test_the_job_uses_the_one_definition() -> None:
     from etl import post
 
-    assert post.canonical_content_hashes is content_hashes
+    assert post.content_hash.content_hashes is content_hashes

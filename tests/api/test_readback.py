@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from api import arrow_pages
+from retail_contract import wire
 from tests.api.helpers import invoice, line
 
 # (invoice_no, day, customer): three days, several invoices per day, numbers not in day order.
@@ -179,7 +179,7 @@ def test_an_end_before_the_start_is_an_empty_range(client: TestClient, stored: N
         assert response.json() == {"items": [], "next_cursor": None}
 
 
-ARROW = "application/vnd.apache.arrow.stream"
+ARROW = wire.ARROW_STREAM
 
 
 def read_all_arrow(client: TestClient, **params: Any) -> tuple[list[dict[str, Any]], int]:
@@ -197,7 +197,7 @@ def read_all_arrow(client: TestClient, **params: Any) -> tuple[list[dict[str, An
         assert response.headers["content-type"] == ARROW
         pages += 1
         table = pa.ipc.open_stream(response.content).read_all()
-        assert table.schema == arrow_pages.INVOICE_PAGE_SCHEMA
+        assert table.schema == wire.INVOICE_PAGE_SCHEMA
         items += table.to_pylist()
         cursor = response.headers.get("x-next-cursor")
         if cursor is None:

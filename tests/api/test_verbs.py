@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from api.content_hash import content_hash
+from retail_contract.content_hash import content_hash
 from tests.api.helpers import invoice, line, row_counts
 
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}

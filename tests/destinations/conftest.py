@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from etl.destinations.base import DayTables
-from etl.destinations.lake import LakeDestination
+from etl.destinations.lake_destination import LakeDestination
 from etl.lake import write_lake
 from etl.load import load_source
 from etl.schema import DayRange, ValidatedSource

@@ -14,11 +14,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from etl.destinations.base import DAY_TABLES, DayTables
-from etl.destinations.lake import LakeDestination
+from etl.destinations.base import DayTables
+from etl.destinations.lake_destination import LakeDestination
 from etl.errors import ReconciliationError
 from etl.lake import read_lake_table, write_lake
 from etl.schema import REJECT_SCHEMA, SOURCE_COLUMNS, ValidatedSource
+from retail_contract.lake_layout import TABLES
 from tests.destinations.conftest import FINGERPRINT
 from tests.etl.conftest import snapshot_of
 
@@ -59,7 +60,7 @@ def test_a_day_reads_back_as_the_lake_reader_sees_it_with_each_files_hash(sample
 
 def test_a_day_absent_from_the_lake_reads_as_empty(sample_lake: Path) -> None:
     day = LakeDestination(str(sample_lake)).read_day(dt.date(2011, 1, 1))
-    assert day.rows == dict.fromkeys(DAY_TABLES, 0)
+    assert day.rows == dict.fromkeys(TABLES, 0)
     assert all(f.path is None for f in day.files.values())
     assert day.totals().amount == Decimal(0)
 

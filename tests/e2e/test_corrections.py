@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from etl import lake as lake_stage
+from etl.lake import read_lake_table
 from tests.e2e.test_job import assert_one_line_error, lake_files, run_job
 from tests.support.job import SAMPLE
 from tests.support.service import LiveService, live_service
@@ -60,7 +60,7 @@ def outbox_events(database: Path) -> list[tuple[str, dict[str, Any]]]:
 def lake_tables(lake: Path) -> dict[str, list[dict[str, Any]]]:
     """Every row of the lake's day tables, as committed, in the lake's order."""
     return {
-        table: lake_stage.read_lake_table(str(lake), table).to_pylist()
+        table: read_lake_table(str(lake), table).to_pylist()
         for table in ("invoice_lines", "invoices", "customers")
     }
 

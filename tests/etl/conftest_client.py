@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-from api.content_hash import content_hash
-from etl.client import ARROW_STREAM, RetailClient, RetryPolicy
-from etl.schema import LINE_SCHEMA, PRICE_TYPE, SOURCE_COLUMNS, TIMESTAMP_TYPE
+from etl.client import RetailClient, RetryPolicy
+from etl.schema import LINE_SCHEMA, SOURCE_COLUMNS, TIMESTAMP_TYPE
+from retail_contract.content_hash import content_hash
+from retail_contract.wire import ARROW_STREAM, MAX_BULK_INVOICES, MAX_BULK_LINES, PRICE_TYPE
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "sample_data" / "online_retail_sample.csv"
 BASE_URL = "http://retail.test"
@@ -254,7 +255,7 @@ class FakeService:
 
     def _bulk_invoices(self, invoices: list[dict[str, Any]]) -> httpx.Response:
         self.invoice_bodies.append(invoices)
-        if len(invoices) > 5000 or sum(len(i["lines"]) for i in invoices) > 50_000:
+        if len(invoices) > MAX_BULK_INVOICES or sum(len(i["lines"]) for i in invoices) > MAX_BULK_LINES:
             return httpx.Response(413, json={"detail": "too many invoices or lines"})
         stored = [self._as_stored(invoice) for invoice in invoices]
         for invoice in stored:

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pytest
 import respx
 
-from etl.client import ARROW_STREAM, RetailClient, RetryPolicy, RetryStats, gather_bounded, parse_retry_after
+from etl.client import RetailClient, RetryPolicy, RetryStats, gather_bounded, parse_retry_after
 from etl.errors import ServiceError
 from etl.post import invoice_table, sort_for_posting
+from retail_contract.wire import ARROW_STREAM
 from tests.etl.conftest_client import (
     API_KEY,
     BASE_URL,

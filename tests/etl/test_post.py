@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from etl.client import ARROW_STREAM
 from etl.errors import ServiceError
 from etl.post import (
     PostReport,
@@ -29,6 +28,7 @@ from etl.post import (
     post_lines,
     sort_for_posting,
 )
+from retail_contract.wire import ARROW_STREAM
 from tests.etl.conftest_client import API_KEY, FakeService, make_client, run, sample_lines, service_hash
 from tests.etl.conftest_client import line_rows as shared_line_rows
 

@@ -140,10 +140,11 @@ def test_job_killed_while_posting_then_rerun(
 # Runs the CLI with one lake step wrapped so that the process SIGKILLs itself at that point.
 _KILLING_RUNNER = textwrap.dedent(
     """
-    import os, signal, sys
-    import etl.lake as lake
+    import importlib, os, signal, sys
     step, after = sys.argv[1], int(sys.argv[2])
-    original = getattr(lake, step)
+    where, name = step.rsplit(".", 1)
+    module = importlib.import_module(f"etl.lake.{where}")
+    original = getattr(module, name)
     calls = 0
     def dying(*args, **kwargs):
         global calls
@@ -152,7 +153,7 @@ _KILLING_RUNNER = textwrap.dedent(
         if calls >= after:
             os.kill(os.getpid(), signal.SIGKILL)
         return result
-    setattr(lake, step, dying)
+    setattr(module, name, dying)
     from etl.cli import main
     sys.argv = ["retail-etl", *sys.argv[3:]]
     main()
@@ -160,9 +161,21 @@ _KILLING_RUNNER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("step", "after"), [("_write_bytes", 2), ("_commit", 1), ("_publish_file", 2)])
+@pytest.mark.parametrize(
+    ("step", "after", "label"),
+    [
+        ("storage.write_bytes", 2, "write_bytes"),
+        ("commit.commit_manifest", 1, "commit"),
+        ("publish.publish_file", 2, "publish_file"),
+    ],
+)
 def test_job_killed_while_writing_the_lake_then_rerun(
-    step: str, after: int, expected_lake: dict[str, pa.Table], tmp_path: Path, fault_report: FaultReport
+    step: str,
+    after: int,
+    label: str,
+    expected_lake: dict[str, pa.Table],
+    tmp_path: Path,
+    fault_report: FaultReport,
 ) -> None:
     lake = tmp_path / "lake"
     with live_service(f"sqlite:///{tmp_path / 'retail.db'}") as service:
@@ -181,14 +194,14 @@ def test_job_killed_while_writing_the_lake_then_rerun(
         objects = list((lake / "_lake" / "objects").rglob("*.parquet"))
         manifests = list((lake / "_lake" / "manifests").glob("*.json"))
         assert_visible_parts_complete(lake)
-        if step == "_write_bytes":
+        if step == "storage.write_bytes":
             # Killed before the commit: objects no manifest names, invisible to every reader. At least
             # `after` objects: the lake writes them from several threads, so another one may finish
             # between the killing call's return and the signal.
             assert len(objects) >= after and manifests == []
             assert visible_parts(lake) == []
             assert all(table.num_rows == 0 for table in lake_tables(lake).values())
-        elif step == "_commit":
+        elif step == "commit.commit_manifest":
             # Committed, not yet published: manifest readers see the day whole, plain readers nothing yet.
             assert len(manifests) == 1 and visible_parts(lake) == []
             assert lake_tables(lake) == expected_lake
@@ -202,7 +215,7 @@ def test_job_killed_while_writing_the_lake_then_rerun(
     assert lake_tables(lake) == expected_lake
     fault_report.add(
         Scenario(
-            f"job SIGKILL in lake {step.strip('_')} #{after}, rerun",
+            f"job SIGKILL in lake {label} #{after}, rerun",
             {"job_killed": 1},
             {},
             "readers see the committed day or none; rerun exact lake",

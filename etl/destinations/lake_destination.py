@@ -17,14 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import lake as lake_stage
-from etl.destinations.base import DAY_TABLES, DayFile, DayReceipt, DayTables, DayTotals, check_day, one_line
+from etl.destinations.base import DayFile, DayReceipt, DayTables, DayTotals, check_day, one_line
 from etl.errors import LakeError
+from etl.lake import LakeReport, filesystem, read_lake_table, write_lake
 from etl.schema import CUSTOMER_SCHEMA, REJECT_SCHEMA, ServiceSnapshot
+from retail_contract.lake_layout import DAY_FILE, DEFAULT_PARTITION, PARTITION_COLUMN, TABLES
 
 _EPOCH = dt.date(1970, 1, 1)
-#: A day partition's one file, as `etl.lake` names it (`<table>/invoice_day=<day>/part-0.parquet`).
-DAY_FILE = "part-0.parquet"
 
 
 class LakeDestination:
@@ -54,10 +53,10 @@ class LakeDestination:
 
     def publish_run(
         self, days: Sequence[dt.date], snapshot: ServiceSnapshot, rejects: pa.Table
-    ) -> lake_stage.LakeReport:
+    ) -> LakeReport:
         """Replace the partitions of all `days` at once from the run's service snapshot and rejects:
         the job's own path (one listing of the lake and the writer threads shared by every day)."""
-        return lake_stage.write_lake(
+        return write_lake(
             self.root,
             days,
             snapshot,
@@ -79,7 +78,7 @@ class LakeDestination:
         return DayReceipt(
             self.name,
             day.day,
-            {table: int(written.rows.get(table, 0)) for table in DAY_TABLES},
+            {table: int(written.rows.get(table, 0)) for table in TABLES},
             detail={"files_written": len(written.files_written), "files_removed": len(written.files_removed)},
         )
 
@@ -103,16 +102,16 @@ class LakeDestination:
             return []
         tables = {
             table: _split_by_day(
-                lake_stage.read_lake_table(self.root, table, days, storage_options=self.storage_options), days
+                read_lake_table(self.root, table, days, storage_options=self.storage_options), days
             )
-            for table in DAY_TABLES
+            for table in TABLES
         }
-        fs, base = lake_stage.filesystem(self.root, self.storage_options)
+        fs, base = filesystem(self.root, self.storage_options)
         read: list[DayTables] = []
         for index, day in enumerate(days):
             files: dict[str, DayFile] = {}
-            for table in DAY_TABLES:
-                relative = f"{table}/{lake_stage.PARTITION_COLUMN}={day.isoformat()}/{DAY_FILE}"
+            for table in TABLES:
+                relative = f"{table}/{PARTITION_COLUMN}={day.isoformat()}/{DAY_FILE}"
                 data = _read_bytes(fs, f"{base}/{relative}", self.root)
                 rows = tables[table][index].num_rows
                 files[table] = (
@@ -120,7 +119,7 @@ class LakeDestination:
                     if data is None
                     else DayFile(rows=rows, path=relative, sha256=hashlib.sha256(data).hexdigest())
                 )
-            read.append(DayTables(day, {table: tables[table][index] for table in DAY_TABLES}, files))
+            read.append(DayTables(day, {table: tables[table][index] for table in TABLES}, files))
         return read
 
     def verify_day(self, day: dt.date, expected: DayTotals) -> None:
@@ -142,16 +141,16 @@ class LakeDestination:
     def _undated_rejects(self) -> pa.Table:
         if self.undated_rejects is not None:
             return self.undated_rejects.cast(REJECT_SCHEMA)
-        fs, base = lake_stage.filesystem(self.root, self.storage_options)
+        fs, base = filesystem(self.root, self.storage_options)
         path = (
-            f"{base}/rejects/{lake_stage.PARTITION_COLUMN}={lake_stage.DEFAULT_PARTITION}"
+            f"{base}/rejects/{PARTITION_COLUMN}={DEFAULT_PARTITION}"
             f"/part-{self._fingerprint()}.parquet"
         )
         data = _read_bytes(fs, path, self.root)
         if data is None:
             return REJECT_SCHEMA.empty_table()
         rows = pq.read_table(pa.BufferReader(data))
-        return rows.append_column(lake_stage.PARTITION_COLUMN, pa.nulls(rows.num_rows, pa.date32())).cast(
+        return rows.append_column(PARTITION_COLUMN, pa.nulls(rows.num_rows, pa.date32())).cast(
             REJECT_SCHEMA
         )
 
@@ -170,7 +169,7 @@ def _read_bytes(fs: Any, path: str, root: str) -> bytes | None:
 
 def _split_by_day(table: pa.Table, days: Sequence[dt.date]) -> list[pa.Table]:
     """The rows of each of `days` in `table`, which `read_lake_table` returns sorted by day."""
-    ordinals = pc.cast(table[lake_stage.PARTITION_COLUMN], pa.int32()).to_numpy()
+    ordinals = pc.cast(table[PARTITION_COLUMN], pa.int32()).to_numpy()
     wanted = np.array([(day - _EPOCH).days for day in days], dtype=np.int32)
     starts = np.searchsorted(ordinals, wanted, side="left")
     stops = np.searchsorted(ordinals, wanted, side="right")

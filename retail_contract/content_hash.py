@@ -12,8 +12,7 @@ writes them (UTF-8 as is; the quote, the backslash and U+0000..U+001F escaped), 
 
 `content_hash` computes it for one invoice from Python values (the JSON path, single writes);
 `content_hashes` for many invoices from Arrow columns (the Arrow bulk path and the job), building the same
-JSON text with Arrow string kernels. Tests hold the two to each other. This module imports neither
-FastAPI nor SQLAlchemy, so the job can use it.
+JSON text with Arrow string kernels. Tests hold the two to each other.
 """
 
 from __future__ import annotations
@@ -30,15 +29,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# The price type the canonical text is made from: its text always has three decimals.
+from retail_contract.wire import PRICE_TYPE
+
 _THOUSANDTH = Decimal("0.001")
-#: The price type the canonical text is made from: its text always has three decimals.
-PRICE_TYPE = pa.decimal128(12, 3)
 
 #: (line_no, stock_code, description, quantity, unit_price, invoice_date)
 LineTuple = tuple[int, str, str | None, int, Decimal, dt.datetime]
-
-#: The fields of a line struct `content_hashes` reads, by name.
-LINE_FIELDS = ("line_no", "stock_code", "description", "quantity", "unit_price", "invoice_date")
 
 
 def money_text(value: Decimal) -> str:
@@ -82,7 +79,7 @@ def content_hashes(
     lines: pa.ListArray | pa.ChunkedArray,
 ) -> list[str]:
     """The content hash of every invoice given as columns; `lines` holds each invoice's lines as a list
-    of structs with the fields `LINE_FIELDS`, in `line_no` order (the caller orders them).
+    of structs with the fields `retail_contract.wire.LINE_FIELDS`, in `line_no` order (the caller orders them).
 
     The JSON text is assembled column by column with Arrow string functions; only strings holding a
     character JSON escapes are encoded one by one, by orjson; Python runs sha256 once per invoice.
