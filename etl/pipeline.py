@@ -909,28 +909,30 @@ def _parse_day(value: str | None) -> dt.date | None:
     return dt.date.fromisoformat(value) if value else None
 
 
-@_dag_task("load warehouse")
+@_dag_task(None)
 def task_load_warehouse(meta: Mapping[str, Any], warehouse_url: str | None) -> dict[str, Any]:
     """Load the run's days, as the lake holds them, into the warehouse and verify each; without a
-    warehouse, a no-op that says so."""
+    warehouse, a no-op that says so (and times nothing, as a command-line run without one)."""
     if not warehouse_url:
         log.info("no warehouse given: nothing to load")
         return {**dict(meta), "warehouse": None}
+    started = time.perf_counter()
     days = [dt.date.fromisoformat(d) for d in meta["days"]]
     in_lake = LakeDestination(str(meta["lake"])).read_days(days)
     loaded = fanout.load_warehouse(warehouse_url, in_lake, replaced=_replaced_days(meta))
-    return {**dict(meta), "warehouse": loaded}
+    return {**dict(meta), "warehouse": loaded, "seconds": {"load warehouse": _since(started)}}
 
 
-@_dag_task("notify", final=True)
+@_dag_task(None, final=True)
 def task_notify(
     meta: Mapping[str, Any], notify_url: str | None, run_id: str, exchange: str | None = None
 ) -> dict[str, Any]:
     """Announce each of the run's days on the broker, after the lake and the warehouse tasks; without a
-    broker, a no-op that says so."""
+    broker, a no-op that says so (and times nothing)."""
     if not notify_url:
         log.info("no notify URL given: no message sent")
         return {**dict(meta), "notify": None}
+    started = time.perf_counter()
     days = [dt.date.fromisoformat(d) for d in meta["days"]]
     in_lake = LakeDestination(str(meta["lake"])).read_days(days)
     warehouse = meta.get("warehouse")
@@ -943,7 +945,11 @@ def task_notify(
         warehouse=str(warehouse["url"]) if isinstance(warehouse, Mapping) else None,
         replaced=_replaced_days(meta),
     )
-    return {**dict(meta), "notify": sent}
+    return {**dict(meta), "notify": sent, "seconds": {"notify": _since(started)}}
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
 
 
 def _replaced_days(meta: Mapping[str, Any]) -> set[dt.date]:

@@ -79,7 +79,8 @@ def content_hashes(
     lines: pa.ListArray | pa.ChunkedArray,
 ) -> list[str]:
     """The content hash of every invoice given as columns; `lines` holds each invoice's lines as a list
-    of structs with the fields `retail_contract.wire.LINE_FIELDS`, in `line_no` order (the caller orders them).
+    of structs with the fields `retail_contract.wire.LINE_FIELDS`, in `line_no` order (the caller orders
+    them).
 
     The JSON text is assembled column by column with Arrow string functions; only strings holding a
     character JSON escapes are encoded one by one, by orjson; Python runs sha256 once per invoice.

@@ -48,7 +48,8 @@ def line_struct(timestamp_type: pa.DataType = PAGE_TIMESTAMP_TYPE) -> pa.StructT
 
 
 def _lines_field(timestamp_type: pa.DataType) -> pa.Field:
-    return pa.field("lines", pa.list_(pa.field("item", line_struct(timestamp_type), nullable=False)), nullable=False)
+    item = pa.field("item", line_struct(timestamp_type), nullable=False)
+    return pa.field("lines", pa.list_(item), nullable=False)
 
 
 def invoice_body_schema(timestamp_type: pa.DataType = PAGE_TIMESTAMP_TYPE) -> pa.Schema:

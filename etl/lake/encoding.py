@@ -25,7 +25,7 @@ def content_digest(table: pa.Table) -> str:
     hashed differently, and a day rewritten by a run cut otherwise was written again.
     """
     combined = table.combine_chunks()
-    columns = [pa.concat_arrays(column.chunks) if column.num_chunks else column for column in combined.columns]
+    columns = [pa.concat_arrays(c.chunks) if c.num_chunks else c for c in combined.columns]
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(pa.table(columns, schema=combined.schema))
