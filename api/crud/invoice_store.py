@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -21,7 +22,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from api import schemas
-from api.content_hash import content_hash
+from api.content_hash import content_hash, money_text
 from api.crud import common
 from api.errors import ConflictError, InvalidInputError, ServiceError
 from api.events import outbox
@@ -198,7 +199,14 @@ def store_invoices(
         created = [index for no, index in new if no in inserted]
         lines_created = _insert_lines_of(session, batch, created)
         # One invoice.created per invoice inserted now: a replay (unchanged) emits nothing.
-        outbox.record(session, [outbox.invoice_created_from(event_data(invoices[i])) for i in created])
+        contents = invoice_contents(batch, created)
+        outbox.record(
+            session,
+            [
+                outbox.invoice_created_from(event_data(invoices[i]), content=content)
+                for i, content in zip(created, contents, strict=True)
+            ],
+        )
 
     result = schemas.BulkInvoicesResult(
         created=len(inserted), unchanged=len(first_index) - len(inserted), lines_created=lines_created
@@ -228,6 +236,59 @@ def event_data(invoice: InvoiceToStore) -> dict[str, Any]:
         line_count=invoice.line_count,
         amount=invoice.amount,
     )
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return money_text(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def invoice_contents(batch: InvoicesToStore, indexes: Sequence[int]) -> list[bytes]:
+    """The invoices at `indexes` of `batch` as GET /invoice/{no} will answer them once stored (the change
+    feed's content): built from the batch, not read back, lines in `line_no` order."""
+    per_invoice: dict[int, Sequence[common.LineTuple]]
+    if isinstance(batch.lines, pa.Table):
+        per_invoice = dict(_arrow_line_tuples(batch.lines, indexes))
+    else:
+        per_invoice = {index: batch.lines[index] for index in indexes}
+    contents = []
+    for index in indexes:
+        invoice = batch.invoices[index]
+        lines = sorted(per_invoice.get(index, ()), key=lambda line: line[0])
+        document = {
+            "invoice_no": invoice.invoice_no,
+            "invoice_date": invoice.invoice_date,
+            "invoice_day": invoice.invoice_date.date(),
+            "country": invoice.country,
+            "customer_id": invoice.customer_id,
+            "customer": (
+                {"url": f"/customer/{invoice.customer_id}"} if invoice.customer_id is not None else None
+            ),
+            "lines": [
+                {
+                    "line_no": line_no,
+                    "stock_code": stock_code,
+                    "description": description,
+                    "quantity": quantity,
+                    "unit_price": unit_price,
+                    "invoice_date": invoice_date,
+                }
+                for line_no, stock_code, description, quantity, unit_price, invoice_date in lines
+            ],
+        }
+        contents.append(orjson.dumps(document, default=_json_default))
+    return contents
+
+
+def _arrow_line_tuples(lines: pa.Table, indexes: Sequence[int]) -> dict[int, list[common.LineTuple]]:
+    """The lines of an Arrow body's invoices at `indexes` as `LineTuple`s, by invoice position."""
+    chosen = lines.filter(pc.is_in(lines.column("invoice"), value_set=pa.array(indexes, pa.int64())))
+    columns = [chosen.column(name).to_pylist() for name in ("invoice", *common.LINE_NAMES)]
+    grouped: dict[int, list[common.LineTuple]] = {}
+    for invoice, *line in zip(*columns, strict=True):
+        grouped.setdefault(invoice, []).append(tuple(line))
+    return grouped
 
 
 def _insert_lines_of(session: Session, batch: InvoicesToStore, indexes: Sequence[int]) -> int:
