@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -247,15 +248,13 @@ def _json_default(value: object) -> str:
 def invoice_contents(batch: InvoicesToStore, indexes: Sequence[int]) -> list[bytes]:
     """The invoices at `indexes` of `batch` as GET /invoice/{no} will answer them once stored (the change
     feed's content): built from the batch, not read back, lines in `line_no` order."""
-    per_invoice: dict[int, Sequence[common.LineTuple]]
     if isinstance(batch.lines, pa.Table):
-        per_invoice = dict(_arrow_line_tuples(batch.lines, indexes))
+        per_invoice = _arrow_line_documents(batch.lines, indexes)
     else:
-        per_invoice = {index: batch.lines[index] for index in indexes}
+        per_invoice = {index: _line_documents(batch.lines[index]) for index in indexes}
     contents = []
     for index in indexes:
         invoice = batch.invoices[index]
-        lines = sorted(per_invoice.get(index, ()), key=lambda line: line[0])
         document = {
             "invoice_no": invoice.invoice_no,
             "invoice_date": invoice.invoice_date,
@@ -265,30 +264,38 @@ def invoice_contents(batch: InvoicesToStore, indexes: Sequence[int]) -> list[byt
             "customer": (
                 {"url": f"/customer/{invoice.customer_id}"} if invoice.customer_id is not None else None
             ),
-            "lines": [
-                {
-                    "line_no": line_no,
-                    "stock_code": stock_code,
-                    "description": description,
-                    "quantity": quantity,
-                    "unit_price": unit_price,
-                    "invoice_date": invoice_date,
-                }
-                for line_no, stock_code, description, quantity, unit_price, invoice_date in lines
-            ],
+            "lines": per_invoice.get(index, []),
         }
         contents.append(orjson.dumps(document, default=_json_default))
     return contents
 
 
-def _arrow_line_tuples(lines: pa.Table, indexes: Sequence[int]) -> dict[int, list[common.LineTuple]]:
-    """The lines of an Arrow body's invoices at `indexes` as `LineTuple`s, by invoice position."""
+def _line_documents(lines: Sequence[common.LineTuple]) -> list[dict[str, Any]]:
+    """Lines as `LinePublic` dicts in `line_no` order."""
+    return [
+        dict(zip(common.LINE_NAMES, line, strict=True)) for line in sorted(lines, key=lambda line: line[0])
+    ]
+
+
+def _arrow_line_documents(lines: pa.Table, indexes: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The lines of an Arrow body's invoices at `indexes` as `LinePublic` dicts in `line_no` order, by
+    invoice position. Prices become their text in Arrow (a decimal of scale 3 casts to `money_text`'s
+    spelling): a Decimal object per line cost more than the rest of the content together."""
     chosen = lines.filter(pc.is_in(lines.column("invoice"), value_set=pa.array(indexes, pa.int64())))
-    columns = [chosen.column(name).to_pylist() for name in ("invoice", *common.LINE_NAMES)]
-    grouped: dict[int, list[common.LineTuple]] = {}
-    for invoice, *line in zip(*columns, strict=True):
-        grouped.setdefault(invoice, []).append(tuple(line))
-    return grouped
+    if not chosen.num_rows:
+        return {}
+    chosen = chosen.sort_by([("invoice", "ascending"), ("line_no", "ascending")])
+    chosen = chosen.set_column(
+        chosen.schema.get_field_index("unit_price"),
+        "unit_price",
+        pc.cast(chosen.column("unit_price"), pa.string()),
+    )
+    invoices = chosen.column("invoice").to_numpy()
+    # Where each invoice's run of lines starts and ends.
+    starts = np.flatnonzero(np.diff(invoices, prepend=-1))
+    ends = np.append(starts[1:], len(invoices))
+    documents = chosen.select(list(common.LINE_NAMES)).to_pylist()
+    return {int(invoices[start]): documents[start:end] for start, end in zip(starts, ends, strict=True)}
 
 
 def _insert_lines_of(session: Session, batch: InvoicesToStore, indexes: Sequence[int]) -> int:

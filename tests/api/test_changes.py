@@ -184,6 +184,24 @@ def test_a_large_bulk_write_records_every_change(client: TestClient) -> None:
     assert changes[-1]["content"] == client.get("/invoice/500149").json()
 
 
+def test_an_arrow_body_s_content_is_what_get_answers(client: TestClient) -> None:
+    odd_lines = [
+        line("B", line_no=3, quantity=-2, unit_price="-0.001", description=None),
+        line("A", line_no=1, unit_price="999999999.999", invoice_date="2010-12-01T08:26:00.123456"),
+        line("C", line_no=2, quantity=0, unit_price="0"),
+    ]
+    invoices = [
+        invoice("7001", lines=odd_lines, customer_id=None),
+        invoice("7002", lines=[], customer_id=None, invoice_date="2010-12-04T23:59:59.5"),
+        invoice("7003", customer_id=None),
+    ]
+    assert post_arrow(client, arrow_body(invoices)).json()["created"] == 3
+    changes, _cursor = read_all(client)
+    assert [c["id"] for c in changes] == ["7001", "7002", "7003"]
+    for change in changes:
+        assert change["content"] == client.get(f"/invoice/{change['id']}").json()
+
+
 @pytest.mark.parametrize(
     ("after", "status", "named"),
     [
