@@ -600,7 +600,7 @@ def _amounts(lines: pa.Table, count: int) -> list[Decimal]:
 def content_hashes(
     invoice_no: pa.Array, customer_id: pa.Array, invoice_date: pa.Array, country: pa.Array, lines: pa.Table
 ) -> list[str]:
-    """The content hash (`api.content_hash`) of every invoice; `lines` is a `STORED_LINE_SCHEMA` table.
+    """The content hash (`retail_contract`) of every invoice; `lines` is a `STORED_LINE_SCHEMA` table.
 
     The lines are nested per invoice in `line_no` order as the one definition wants them; they are
     sorted only when a client sent them out of order (the job never does).

@@ -37,7 +37,7 @@ from api.observability.logging import configure_logging
 from api.observability.metrics import Metrics, metrics_endpoint
 from api.observability.middleware import ObservabilityMiddleware
 from api.observability.ratelimit import make_limiter
-from api.routes import bulk, customers, health, invoices, stockcodes
+from api.routes import bulk, changes, customers, health, invoices, stockcodes
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings, app.state.engine, limiter=app.state.limiter, metrics=app.state.metrics
     )
     _add_exception_handlers(app)
-    routers = (health.router, token.router, customers.router, invoices.router, stockcodes.router, bulk.router)
+    routers = (
+        health.router,
+        token.router,
+        customers.router,
+        invoices.router,
+        stockcodes.router,
+        bulk.router,
+        changes.router,
+    )
     for router in routers:
         app.include_router(router)
     return app

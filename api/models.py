@@ -161,6 +161,58 @@ class OutboxEvent(Base):
     )
 
 
+class Change(Base):
+    """One committed change of a customer, an invoice or a line (the change feed, api/events/feed.py).
+
+    Written in the transaction of the change, next to its outbox event, with no `position`; the stamper
+    gives positions to committed rows only, one serialized transaction at a time, so positions follow
+    commit order and a reader never sees a position before all smaller ones.
+    """
+
+    __tablename__ = "change_feed"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    position: Mapped[int | None] = mapped_column(BigInteger)
+    #: Naive UTC: when the stamper saw the change committed (at or shortly after the commit).
+    stamped_at: Mapped[dt.datetime | None]
+    #: The outbox event of the same change (`outbox_events.event_id`).
+    event_id: Mapped[str] = mapped_column(String(36))
+    #: created, replaced, patched or deleted.
+    kind: Mapped[str] = mapped_column(String(16))
+    #: customer, invoice or line.
+    resource: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    invoice_day: Mapped[dt.date | None]
+    #: The invoice's day before the change, when the change moved it to another day.
+    previous_invoice_day: Mapped[dt.date | None]
+    #: The resource after the change as JSON text (what its GET answers); NULL for a deletion.
+    content: Mapped[str | None] = mapped_column(Text)
+    #: Naive UTC, when the writer recorded it (not an order: transactions commit in another order).
+    created_at: Mapped[dt.datetime]
+
+    __table_args__ = (
+        Index("ix_change_feed_position", "position", unique=True),
+        Index(
+            "ix_change_feed_unstamped",
+            "id",
+            postgresql_where=text("position IS NULL"),
+            sqlite_where=text("position IS NULL"),
+        ),
+    )
+
+
+class ChangeFeedState(Base):
+    """The feed's one row of state: the last position given out and the last one purged."""
+
+    __tablename__ = "change_feed_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_position: Mapped[int] = mapped_column(BigInteger)
+    purged_through: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- Credentials of the service's clients (api/auth): API keys and OAuth2 clients, never their secrets.
 
 CREDENTIAL_NAME_LENGTH = 64

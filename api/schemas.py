@@ -9,7 +9,7 @@ import datetime as dt
 import math
 import re
 from decimal import Decimal
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import (
     AfterValidator,
@@ -556,6 +556,69 @@ class CustomerPage(BaseModel):
 
     items: list[CustomerPublic]
     next_cursor: str | None
+
+
+# --- the change feed and the invoice days (issue 28) ----------------------------------------------
+
+#: A feed cursor: a position (`next_cursor` of a page, or `position` of the head); 0 is the start.
+FEED_CURSOR_PATTERN = r"^[0-9]{1,19}$"
+
+ChangeKind = Literal["created", "replaced", "patched", "deleted"]
+ChangeResource = Literal["customer", "invoice", "line"]
+
+
+class ChangePublic(BaseModel):
+    """One committed change, at its place in commit order."""
+
+    position: int = Field(description="Its place in the feed: pass the last one read as `after`")
+    committed_at: str = Field(
+        description="UTC, ISO 8601 with `Z`: when the feed first saw it committed (at or after the commit)"
+    )
+    kind: ChangeKind
+    resource: ChangeResource
+    id: str = Field(
+        description="The resource's id: a customer id, an invoice number, or `<invoice_no>/<stock_code>` "
+        "for the lines of one stock code of an invoice (`/invoice/{no}/{code}/`)"
+    )
+    invoice_day: dt.date | None = Field(description="The invoice day it touches; null for a customer")
+    previous_invoice_day: dt.date | None = Field(
+        description="The day the invoice had before, when the change moved it to another day"
+    )
+    event_id: str = Field(description="The id of the same change's event on the queue")
+    content: CustomerPublic | InvoicePublic | list[LinePublic] | None = Field(
+        description="The resource after the change, as its GET answers it; null for a deletion"
+    )
+
+
+class ChangePage(BaseModel):
+    """Changes after the cursor, in commit order; pass `next_cursor` back as `after`."""
+
+    changes: list[ChangePublic]
+    next_cursor: str = Field(pattern=FEED_CURSOR_PATTERN, description="The last position read (or `after`)")
+    more: bool = Field(description="Whether more changes follow right now")
+
+
+class ChangeFeedHead(BaseModel):
+    """The feed's head: a snapshot read after asking continues from `cursor`."""
+
+    position: int
+    cursor: str = Field(pattern=FEED_CURSOR_PATTERN)
+    purged_through: int = Field(description="Changes up to this position were deleted by retention")
+
+
+class InvoiceDayTotals(BaseModel):
+    """What the service holds for one invoice day, computed by the database."""
+
+    invoice_day: dt.date
+    invoices: int
+    lines: int
+    amount: Money = Field(description="Sum of quantity x unit_price over the day's lines, exact")
+
+
+class InvoiceDays(BaseModel):
+    """The invoice days of a range that have an invoice, in day order."""
+
+    days: list[InvoiceDayTotals]
 
 
 # --- service --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from api.auth import keys, security
 from api.auth.schemas import AuthErrorPublic
@@ -161,7 +162,7 @@ class Authenticator:
             kind="client", name=client.name, scopes=held, via="bearer", rate_key=f"client:{client.name}"
         )
 
-    async def count(self, request: Request, identity: Identity) -> None:
+    async def count(self, request: HTTPConnection, identity: Identity) -> None:
         """Count the request against the identity's rate limit; `RateLimitExceeded` when over it."""
         if self.limiter is None:
             return
@@ -199,6 +200,22 @@ async def authorize(
 ) -> Identity:
     """The request's identity, if it holds every scope the operation declares (by default the scope of
     its method: `read` for GET and HEAD, `write` for the others)."""
+    required = security_scopes.scopes or [security.scope_for_methods([request.method])]
+    return await _identify(request, api_key, bearer, required)
+
+
+async def authorize_connection(connection: HTTPConnection, scopes: Sequence[str]) -> Identity:
+    """`authorize` for a connection that no route dependency checks (a WebSocket handshake): the same
+    headers (`X-API-Key`, or `Authorization: Bearer`), rate limit and scope check; raises the same
+    HTTPException (401, 403) or RateLimitExceeded."""
+    scheme, token = get_authorization_scheme_param(connection.headers.get("Authorization"))
+    bearer = token if scheme.lower() == "bearer" and token else None
+    return await _identify(connection, connection.headers.get("X-API-Key"), bearer, scopes)
+
+
+async def _identify(
+    request: HTTPConnection, api_key: str | None, bearer: str | None, required: Sequence[str]
+) -> Identity:
     authenticator: Authenticator = request.app.state.authenticator
     if api_key is not None:
         identity = await authenticator.from_api_key(api_key)
@@ -209,7 +226,6 @@ async def authorize(
     # For the access log (api.observability.middleware), whatever the answer.
     request.state.identity = identity
     await authenticator.count(request, identity)
-    required = security_scopes.scopes or [security.scope_for_methods([request.method])]
     lacking = [scope for scope in required if scope not in identity.scopes]
     if lacking:
         scope = " ".join(required)

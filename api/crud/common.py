@@ -40,6 +40,10 @@ LINE_COLUMNS = (
 )
 
 
+#: Their names, in the same order.
+LINE_NAMES = tuple(column.name for column in LINE_COLUMNS)
+
+
 #: The columns COPY fills for a new line (PostgreSQL's bulk path).
 LINE_COPY_COLUMNS = (InvoiceLine.invoice_no, *LINE_COLUMNS)
 

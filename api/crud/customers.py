@@ -101,13 +101,13 @@ def replace_customer(
             )
             outbox.record(session, [outbox.customer_created(customer_id, customer.country)])
         elif stored[1] != customer.country:
-            _update_country(session, customer_id, customer.country)
+            _update_country(session, customer_id, customer.country, kind=outbox.REPLACED)
     return customer_json(customer_id, customer.country), stored is None
 
 
-def _update_country(session: Session, customer_id: str, country: str) -> None:
+def _update_country(session: Session, customer_id: str, country: str, *, kind: str) -> None:
     session.execute(update(Customer).where(Customer.customer_id == customer_id).values(country=country))
-    outbox.record(session, [outbox.customer_updated(customer_id, country)])
+    outbox.record(session, [outbox.customer_updated(customer_id, country, kind=kind)])
 
 
 def patch_customer(session: Session, *, customer_id: str, patch: Any, if_match: str | None = None) -> bytes:
@@ -126,7 +126,7 @@ def patch_customer(session: Session, *, customer_id: str, patch: Any, if_match: 
         customer = common.validate_body(schemas.CustomerReplace, merged)
         _check_preconditions(stored, if_match=if_match)
         if customer.country != stored[1]:
-            _update_country(session, customer_id, customer.country)
+            _update_country(session, customer_id, customer.country, kind=outbox.PATCHED)
     return customer_json(customer_id, customer.country)
 
 

@@ -1,7 +1,7 @@
 """Storing invoices with their lines, all or nothing: the core of POST /invoice, of the bulk write (JSON
 and Arrow bodies) and of PUT /invoice/{no}.
 
-Invoices carry `content_hash` (`api.content_hash`), so a replayed invoice is compared with one indexed
+Invoices carry `content_hash` (the contract's), so a replayed invoice is compared with one indexed
 read instead of reading and comparing all its lines.
 """
 
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -25,7 +27,7 @@ from api.crud import common
 from api.errors import ConflictError, InvalidInputError, ServiceError
 from api.events import outbox
 from api.models import Customer, Invoice
-from retail_contract.content_hash import content_hash
+from retail_contract.content_hash import content_hash, money_text
 
 
 def unknown_bulk_customer(index: int, customer_id: str) -> InvalidInputError:
@@ -198,7 +200,14 @@ def store_invoices(
         created = [index for no, index in new if no in inserted]
         lines_created = _insert_lines_of(session, batch, created)
         # One invoice.created per invoice inserted now: a replay (unchanged) emits nothing.
-        outbox.record(session, [outbox.invoice_created_from(event_data(invoices[i])) for i in created])
+        contents = invoice_contents(batch, created)
+        outbox.record(
+            session,
+            [
+                outbox.invoice_created_from(event_data(invoices[i]), content=content)
+                for i, content in zip(created, contents, strict=True)
+            ],
+        )
 
     result = schemas.BulkInvoicesResult(
         created=len(inserted), unchanged=len(first_index) - len(inserted), lines_created=lines_created
@@ -228,6 +237,65 @@ def event_data(invoice: InvoiceToStore) -> dict[str, Any]:
         line_count=invoice.line_count,
         amount=invoice.amount,
     )
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return money_text(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def invoice_contents(batch: InvoicesToStore, indexes: Sequence[int]) -> list[bytes]:
+    """The invoices at `indexes` of `batch` as GET /invoice/{no} will answer them once stored (the change
+    feed's content): built from the batch, not read back, lines in `line_no` order."""
+    if isinstance(batch.lines, pa.Table):
+        per_invoice = _arrow_line_documents(batch.lines, indexes)
+    else:
+        per_invoice = {index: _line_documents(batch.lines[index]) for index in indexes}
+    contents = []
+    for index in indexes:
+        invoice = batch.invoices[index]
+        document = {
+            "invoice_no": invoice.invoice_no,
+            "invoice_date": invoice.invoice_date,
+            "invoice_day": invoice.invoice_date.date(),
+            "country": invoice.country,
+            "customer_id": invoice.customer_id,
+            "customer": (
+                {"url": f"/customer/{invoice.customer_id}"} if invoice.customer_id is not None else None
+            ),
+            "lines": per_invoice.get(index, []),
+        }
+        contents.append(orjson.dumps(document, default=_json_default))
+    return contents
+
+
+def _line_documents(lines: Sequence[common.LineTuple]) -> list[dict[str, Any]]:
+    """Lines as `LinePublic` dicts in `line_no` order."""
+    return [
+        dict(zip(common.LINE_NAMES, line, strict=True)) for line in sorted(lines, key=lambda line: line[0])
+    ]
+
+
+def _arrow_line_documents(lines: pa.Table, indexes: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The lines of an Arrow body's invoices at `indexes` as `LinePublic` dicts in `line_no` order, by
+    invoice position. Prices become their text in Arrow (a decimal of scale 3 casts to `money_text`'s
+    spelling): a Decimal object per line cost more than the rest of the content together."""
+    chosen = lines.filter(pc.is_in(lines.column("invoice"), value_set=pa.array(indexes, pa.int64())))
+    if not chosen.num_rows:
+        return {}
+    chosen = chosen.sort_by([("invoice", "ascending"), ("line_no", "ascending")])
+    chosen = chosen.set_column(
+        chosen.schema.get_field_index("unit_price"),
+        "unit_price",
+        pc.cast(chosen.column("unit_price"), pa.string()),
+    )
+    invoices = chosen.column("invoice").to_numpy()
+    # Where each invoice's run of lines starts and ends.
+    starts = np.flatnonzero(np.diff(invoices, prepend=-1))
+    ends = np.append(starts[1:], len(invoices))
+    documents = chosen.select(list(common.LINE_NAMES)).to_pylist()
+    return {int(invoices[start]): documents[start:end] for start, end in zip(starts, ends, strict=True)}
 
 
 def _insert_lines_of(session: Session, batch: InvoicesToStore, indexes: Sequence[int]) -> int:

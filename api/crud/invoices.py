@@ -181,7 +181,7 @@ def replace_invoice(
         header = _header(session, invoice_no, for_update=True)
         _require_precondition(session, header, if_match=if_match, if_none_match=if_none_match)
         _touch(session, touched, invoice_no)
-        created = _replace_locked(session, invoice_no, header, invoice)
+        created = _replace_locked(session, invoice_no, header, invoice, kind=outbox.REPLACED)
         _touch(session, touched, invoice_no)
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None
@@ -189,17 +189,23 @@ def replace_invoice(
 
 
 def _replace_locked(
-    session: Session, invoice_no: str, header: common.AnyRow | None, invoice: schemas.InvoiceReplace
+    session: Session,
+    invoice_no: str,
+    header: common.AnyRow | None,
+    invoice: schemas.InvoiceReplace,
+    *,
+    kind: str,
 ) -> bool:
     """Write `invoice` over the locked `header` (None: create it) in the open transaction; returns
-    whether it was created."""
+    whether it was created. A change of a stored invoice is `kind` (replaced or patched) in the feed."""
     country = _customer_country(session, invoice.customer_id, invoice.country, unknown=None)
     lines = invoice_store.line_tuples(invoice.lines, invoice.invoice_date)
     invoice_store.check_line_numbers(lines, ("body", "lines"))
+    invoice_day = invoice.invoice_date.date()
     values = {
         "customer_id": invoice.customer_id,
         "invoice_date": invoice.invoice_date,
-        "invoice_day": invoice.invoice_date.date(),
+        "invoice_day": invoice_day,
         "country": country,
     }
     hashed = content_hash(
@@ -220,7 +226,6 @@ def _replace_locked(
         session.execute(
             insert(common.INVOICES), [{"invoice_no": invoice_no, **values, "content_hash": hashed}]
         )
-        event = outbox.invoice_created_from(data)
     else:
         stored_hash = session.scalar(select(Invoice.content_hash).where(Invoice.invoice_no == invoice_no))
         if stored_hash == hashed:
@@ -229,9 +234,18 @@ def _replace_locked(
         session.execute(
             update(Invoice).where(Invoice.invoice_no == invoice_no).values(**values, content_hash=hashed)
         )
-        event = outbox.invoice_updated(data)
     if lines:
         invoice_store.insert_lines(session, [(invoice_no, *line) for line in lines])
+    # The feed carries the invoice as its GET answers it after the change, read in this transaction.
+    content = read_invoice_json(session, invoice_no=invoice_no)
+    assert content is not None
+    if header is None:
+        event = outbox.invoice_created_from(data, content=content)
+    else:
+        change = outbox.invoice_change(
+            kind, invoice_no, invoice_day, content, previous_invoice_day=header.invoice_day
+        )
+        event = outbox.invoice_updated(data, change=change)
     outbox.record(session, [event])
     return header is None
 
@@ -274,7 +288,7 @@ def patch_invoice(
         invoice = common.validate_body(schemas.InvoiceReplace, merged)
         _require_precondition(session, header, if_match=if_match)
         _touch(session, touched, invoice_no)
-        _replace_locked(session, invoice_no, header, invoice)
+        _replace_locked(session, invoice_no, header, invoice, kind=outbox.PATCHED)
         _touch(session, touched, invoice_no)
     stored = read_invoice_json(session, invoice_no=invoice_no)
     assert stored is not None
@@ -360,7 +374,14 @@ def add_line(
         }
         invoice.content_hash = content_hash(**header, lines=lines)
         data = outbox.invoice_data(**header, lines=((line[3], line[4]) for line in lines))
-        outbox.record(session, [outbox.invoice_changed(data, line_no=line_no)])
+        change = outbox.line_change(
+            outbox.CREATED,
+            invoice_no,
+            stock_code,
+            invoice.invoice_day,
+            to_json(_lines_with_code(session, invoice_no, stock_code)),
+        )
+        outbox.record(session, [outbox.invoice_changed(data, line_no=line_no, change=change)])
     return common.line_public(new_line), True
 
 
@@ -409,7 +430,12 @@ def delete_lines(
                 InvoiceLine.invoice_no == invoice_no, InvoiceLine.stock_code == stock_code
             )
         )
-        _rehash(session, header, event=lambda data: outbox.invoice_updated(data, removed_line_nos=removed))
+        change = outbox.line_change(outbox.DELETED, invoice_no, stock_code, header.invoice_day, None)
+        _rehash(
+            session,
+            header,
+            event=lambda data: outbox.invoice_updated(data, removed_line_nos=removed, change=change),
+        )
     return removed
 
 

@@ -9,6 +9,10 @@ The writers (`api.crud`) build events with `customer_created`, `invoice_created_
 `customer_updated`, `customer_deleted`, `invoice_updated`, `invoice_deleted` and store them with `record`;
 the relay (`api.events.relay`) publishes them and sets `published_at`.
 Timestamps in the table are naive UTC.
+
+An event may carry a `FeedChange`: `record` then also writes a row of the change feed (`change_feed`,
+read by `api.events.feed`) in the same transaction, with the resource's content after the change. The
+published payload does not change.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import orjson
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from api.models import OutboxEvent
+from api.models import Change, OutboxEvent
 from retail_contract.content_hash import money_text
 
 CUSTOMER_CREATED = "customer.created"
@@ -44,17 +48,46 @@ EVENT_TYPES = (
 )
 
 OUTBOX = cast(Table, OutboxEvent.__table__)
+CHANGES = cast(Table, Change.__table__)
+
+# What a change did (`FeedChange.kind`), and to what (`FeedChange.resource`).
+CREATED = "created"
+REPLACED = "replaced"
+PATCHED = "patched"
+DELETED = "deleted"
+CUSTOMER = "customer"
+INVOICE = "invoice"
+LINE = "line"
 #: From this many events on, PostgreSQL gets them with COPY instead of an INSERT executemany.
 COPY_THRESHOLD = 100
 
 
+class FeedChange(NamedTuple):
+    """What the change feed says of an event's change: kind, resource, id, days and content after it.
+
+    A line's id is `<invoice_no>/<stock_code>`, its path in the API (`/invoice/{no}/{code}/`), and its
+    content the lines that path answers after the change; an invoice's content is its GET body (lines
+    included), a customer's likewise. `previous_invoice_day` is set when a change moved an invoice to
+    another day, so a reader that rewrites whole days knows both.
+    """
+
+    kind: str
+    resource: str
+    resource_id: str
+    invoice_day: dt.date | None
+    content: str | None
+    previous_invoice_day: dt.date | None = None
+
+
 class Event(NamedTuple):
-    """One event, ready to be stored: its id, its type (the routing key) and its JSON text."""
+    """One event, ready to be stored: its id, its type (the routing key), its JSON text, and what the
+    change feed says of it (None: not a change of the feed)."""
 
     event_id: str
     event_type: str
     payload: str
     created_at: dt.datetime
+    change: FeedChange | None = None
 
 
 def utcnow() -> dt.datetime:
@@ -62,8 +95,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def make_event(event_type: str, data: dict[str, Any], *, now: dt.datetime | None = None) -> Event:
-    """An event of `event_type` carrying `data` (JSON-ready: strings, numbers, None)."""
+def make_event(
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    now: dt.datetime | None = None,
+    change: FeedChange | None = None,
+) -> Event:
+    """An event of `event_type` carrying `data` (JSON-ready: strings, numbers, None), and the feed's
+    `change`."""
     created_at = now or utcnow()
     event_id = str(uuid.uuid4())
     envelope = {
@@ -72,12 +112,46 @@ def make_event(event_type: str, data: dict[str, Any], *, now: dt.datetime | None
         "occurred_at": created_at.isoformat(timespec="microseconds") + "Z",
         "data": data,
     }
-    return Event(event_id, event_type, orjson.dumps(envelope).decode(), created_at)
+    return Event(event_id, event_type, orjson.dumps(envelope).decode(), created_at, change)
+
+
+def _customer_change(kind: str, customer_id: str, country: str | None) -> FeedChange:
+    # The content is spelled as GET /customer/{id} spells it (`crud.customers.customer_json`).
+    content = None if country is None else orjson.dumps({"customer_id": customer_id, "country": country})
+    return FeedChange(kind, CUSTOMER, customer_id, None, content.decode() if content is not None else None)
+
+
+def invoice_change(
+    kind: str,
+    invoice_no: str,
+    invoice_day: dt.date,
+    content: bytes | None,
+    *,
+    previous_invoice_day: dt.date | None = None,
+) -> FeedChange:
+    """The feed's change of an invoice; `content` is its GET body after the change (None: deleted)."""
+    moved = previous_invoice_day if previous_invoice_day not in (None, invoice_day) else None
+    text = content.decode() if content is not None else None
+    return FeedChange(kind, INVOICE, invoice_no, invoice_day, text, moved)
+
+
+def line_change(
+    kind: str, invoice_no: str, stock_code: str, invoice_day: dt.date, content: bytes | None
+) -> FeedChange:
+    """The feed's change of the lines of one stock code of an invoice (`/invoice/{no}/{code}/`);
+    `content` is what that GET answers after the change (None: no such line left)."""
+    text = content.decode() if content is not None else None
+    return FeedChange(kind, LINE, f"{invoice_no}/{stock_code}", invoice_day, text)
 
 
 def customer_created(customer_id: str, country: str, *, now: dt.datetime | None = None) -> Event:
     """`customer.created`: `{"customer_id", "country"}`."""
-    return make_event(CUSTOMER_CREATED, {"customer_id": customer_id, "country": country}, now=now)
+    return make_event(
+        CUSTOMER_CREATED,
+        {"customer_id": customer_id, "country": country},
+        now=now,
+        change=_customer_change(CREATED, customer_id, country),
+    )
 
 
 def invoice_totals(lines: Iterable[tuple[int, Decimal]]) -> tuple[int, Decimal]:
@@ -135,54 +209,114 @@ def invoice_data(
     )
 
 
-def invoice_created_from(data: dict[str, Any], *, now: dt.datetime | None = None) -> Event:
-    """`invoice.created` carrying `data`, an `invoice_summary`."""
-    return make_event(INVOICE_CREATED, data, now=now)
+def invoice_created_from(data: dict[str, Any], *, content: bytes, now: dt.datetime | None = None) -> Event:
+    """`invoice.created` carrying `data`, an `invoice_summary`; `content` is the invoice's GET body."""
+    change = invoice_change(CREATED, data["invoice_no"], dt.date.fromisoformat(data["invoice_day"]), content)
+    return make_event(INVOICE_CREATED, data, now=now, change=change)
 
 
-def invoice_changed(data: dict[str, Any], *, line_no: int, now: dt.datetime | None = None) -> Event:
-    """`invoice.changed`: the invoice header after a change, plus `added_line_no`, the line added."""
-    return make_event(INVOICE_CHANGED, {**data, "added_line_no": line_no}, now=now)
+def invoice_changed(
+    data: dict[str, Any], *, line_no: int, change: FeedChange, now: dt.datetime | None = None
+) -> Event:
+    """`invoice.changed`: the invoice header after a change, plus `added_line_no`, the line added;
+    `change` is the feed's (a `line_change`)."""
+    return make_event(INVOICE_CHANGED, {**data, "added_line_no": line_no}, now=now, change=change)
 
 
-def customer_updated(customer_id: str, country: str, *, now: dt.datetime | None = None) -> Event:
-    """`customer.updated` (PUT or PATCH): the customer after the change, `{"customer_id", "country"}`."""
-    return make_event(CUSTOMER_UPDATED, {"customer_id": customer_id, "country": country}, now=now)
+def customer_updated(
+    customer_id: str, country: str, *, kind: str = REPLACED, now: dt.datetime | None = None
+) -> Event:
+    """`customer.updated` (PUT: `kind` replaced, or PATCH: patched): the customer after the change,
+    `{"customer_id", "country"}`."""
+    return make_event(
+        CUSTOMER_UPDATED,
+        {"customer_id": customer_id, "country": country},
+        now=now,
+        change=_customer_change(kind, customer_id, country),
+    )
 
 
 def customer_deleted(customer_id: str, country: str, *, now: dt.datetime | None = None) -> Event:
     """`customer.deleted`: the customer as it was, `{"customer_id", "country"}`."""
-    return make_event(CUSTOMER_DELETED, {"customer_id": customer_id, "country": country}, now=now)
+    return make_event(
+        CUSTOMER_DELETED,
+        {"customer_id": customer_id, "country": country},
+        now=now,
+        change=_customer_change(DELETED, customer_id, None),
+    )
 
 
 def invoice_updated(
-    data: dict[str, Any], *, removed_line_nos: Sequence[int] = (), now: dt.datetime | None = None
+    data: dict[str, Any],
+    *,
+    change: FeedChange,
+    removed_line_nos: Sequence[int] = (),
+    now: dt.datetime | None = None,
 ) -> Event:
     """`invoice.updated` (PUT, PATCH, or its lines of a stock code deleted): the header after the change
-    (an `invoice_summary`), plus `removed_line_nos` when lines were deleted."""
+    (an `invoice_summary`), plus `removed_line_nos` when lines were deleted; `change` is the feed's."""
     payload = {**data, "removed_line_nos": list(removed_line_nos)} if removed_line_nos else data
-    return make_event(INVOICE_UPDATED, payload, now=now)
+    return make_event(INVOICE_UPDATED, payload, now=now, change=change)
 
 
 def invoice_deleted(data: dict[str, Any], *, now: dt.datetime | None = None) -> Event:
     """`invoice.deleted`: the header of the invoice as it was (an `invoice_summary`)."""
-    return make_event(INVOICE_DELETED, data, now=now)
+    change = invoice_change(DELETED, data["invoice_no"], dt.date.fromisoformat(data["invoice_day"]), None)
+    return make_event(INVOICE_DELETED, data, now=now, change=change)
+
+
+#: The columns of a change feed row that `record` writes (the stamper fills in `position`).
+_CHANGE_COLUMNS = (
+    "event_id",
+    "kind",
+    "resource",
+    "resource_id",
+    "invoice_day",
+    "previous_invoice_day",
+    "content",
+    "created_at",
+)
+
+
+def _change_row(event: Event) -> tuple[Any, ...]:
+    change = event.change
+    assert change is not None
+    return (
+        event.event_id,
+        change.kind,
+        change.resource,
+        change.resource_id,
+        change.invoice_day,
+        change.previous_invoice_day,
+        change.content,
+        event.created_at,
+    )
 
 
 def record(session: Session, events: Sequence[Event]) -> None:
-    """Store `events` in the session's open transaction: committed, or rolled back, with the change."""
+    """Store `events` in the session's open transaction, and the change feed's rows of those that carry
+    a change: committed, or rolled back, with the change."""
     if not events:
         return
+    changes = [_change_row(event) for event in events if event.change is not None]
     connection = session.connection()
     if connection.dialect.name == "postgresql" and len(events) >= COPY_THRESHOLD:
         # COPY in the same transaction: several times faster than INSERT for a bulk request's events.
         driver = connection.connection.driver_connection
         assert driver is not None
         statement = f"COPY {OUTBOX.name} (event_id, event_type, payload, created_at) FROM STDIN"
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for event in events:
-                copy.write_row(event)
+        with driver.cursor() as cursor:
+            with cursor.copy(statement) as copy:
+                for event in events:
+                    copy.write_row(event[:4])
+            if changes:
+                columns = ", ".join(_CHANGE_COLUMNS)
+                with cursor.copy(f"COPY {CHANGES.name} ({columns}) FROM STDIN") as copy:
+                    for row in changes:
+                        copy.write_row(row)
         return
+    if changes:
+        session.execute(insert(CHANGES), [dict(zip(_CHANGE_COLUMNS, row, strict=True)) for row in changes])
     session.execute(
         insert(OUTBOX),
         [

@@ -23,12 +23,13 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.config import Settings
 from api.core.db import begin_write, make_engine, make_session_factory
-from api.events import outbox
+from api.events import feed, outbox
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +222,22 @@ class Relay:
         if self.retention is None or outbox.utcnow() < self._next_retention:
             return
         self._next_retention = outbox.utcnow() + RETENTION_EVERY
+        cutoff = outbox.utcnow() - self.retention
         with self.sessions() as session, session.begin():
             begin_write(session)
-            deleted = outbox.delete_published_before(session, outbox.utcnow() - self.retention)
+            deleted = outbox.delete_published_before(session, cutoff)
         if deleted:
             logger.info("outbox relay: deleted %d events published over %s ago", deleted, self.retention)
+        with self.sessions() as session:
+            engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        # The change feed keeps its changes as long as the outbox keeps its events; a change without a
+        # position yet is never deleted.
+        purged = feed.purge_stamped_before(engine, cutoff)
+        if purged:
+            logger.info(
+                "outbox relay: deleted %d changes of the feed stamped over %s ago", purged, self.retention
+            )
 
 
 def start_in_service(settings: Settings, sessions: sessionmaker[Session]) -> Relay | None:

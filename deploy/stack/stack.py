@@ -429,6 +429,23 @@ http {{
             return 200 "ok\\n";
         }}
 
+        # The change feed's WebSocket (GET /changes/stream): Upgrade and Connection are hop-by-hop, so
+        # nginx forwards the upgrade only when told to. An idle stream is kept alive by uvicorn's pings
+        # (every 20 s), well within the read timeout; a replica that dies ends the stream, and the
+        # client resumes from its last position on the other one.
+        location = /changes/stream {{
+            proxy_pass http://retail_api;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+            add_header X-Retail-Upstream $upstream_addr always;
+        }}
+
         location / {{
             proxy_pass http://retail_api;
             proxy_http_version 1.1;

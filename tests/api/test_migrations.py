@@ -28,6 +28,8 @@ TABLES = {
     "outbox_events",
     "api_keys",
     "oauth_clients",
+    "change_feed",
+    "change_feed_state",
 }
 
 

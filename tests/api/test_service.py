@@ -44,6 +44,12 @@ DATA_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("HEAD", "/stockcode/85123A", None),
     ("HEAD", "/invoices", None),
     ("HEAD", "/customers", None),
+    ("GET", "/changes", None),
+    ("HEAD", "/changes", None),
+    ("GET", "/changes/head", None),
+    ("HEAD", "/changes/head", None),
+    ("GET", "/invoice-days", None),
+    ("HEAD", "/invoice-days", None),
 ]
 
 

@@ -122,7 +122,7 @@ def line_rows(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def service_hash(invoice: dict[str, Any]) -> str:
-    """`api.content_hash.content_hash` (the service's) of an invoice in this fake's stored form."""
+    """the contract's `content_hash` (the service's) of an invoice in this fake's stored form."""
     return content_hash(
         invoice_no=invoice["invoice_no"],
         customer_id=invoice["customer_id"],

@@ -151,7 +151,7 @@ def test_customers_are_posted_before_any_invoice(lines):
 
 
 def test_a_rerun_sends_only_hashes_and_the_service_agrees_with_the_jobs_hash(lines):
-    """The job's content hash equals the service's own (`api.content_hash.content_hash`, which the fake uses),
+    """The job's content hash equals the service's own (the contract's `content_hash`, which the fake uses),
     so a replay posts no invoice at all; with `skip_unchanged=False` every invoice travels again."""
     service = ArrowService()
     first = _post(service, lines)
