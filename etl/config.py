@@ -26,9 +26,9 @@ class JobSettings(BaseSettings):
     #: Lines per bulk request; a whole invoice always travels in one request.
     lines_per_request: int = Field(default=20_000, ge=100, le=50_000)
     page_size: int = Field(default=1000, ge=1, le=5000)
-    #: Lines a run holds in memory at once: its days go through the stages in units of at most this many
-    #: lines (a day with more is a unit of its own), so a run's memory does not grow with its days.
-    lines_per_unit: int = Field(default=250_000, ge=1_000)
+    #: Lines a run holds in memory at once: its days go through the stages in batches of at most this many
+    #: lines (a day with more is a batch of its own), so a run's memory does not grow with its days.
+    lines_per_batch: int = Field(default=250_000, ge=1_000)
     #: Total seconds a single request may spend retrying before the run gives up.
     retry_budget_seconds: float = Field(default=300.0, gt=0)
     request_timeout_seconds: float = Field(default=60.0, gt=0)

@@ -84,7 +84,7 @@ class RunConfig:
     concurrency: int = 4
     lines_per_request: int = 20_000
     page_size: int = 1000
-    lines_per_unit: int = 250_000
+    lines_per_batch: int = 250_000
     cache_dir: Path | None = None
     retry_budget_seconds: float = 300.0
     request_timeout_seconds: float = 60.0
@@ -108,7 +108,7 @@ class RunConfig:
             "concurrency": self.concurrency,
             "lines_per_request": self.lines_per_request,
             "page_size": self.page_size,
-            "lines_per_unit": self.lines_per_unit,
+            "lines_per_batch": self.lines_per_batch,
             "retry_budget_seconds": self.retry_budget_seconds,
             "request_timeout_seconds": self.request_timeout_seconds,
         }
@@ -127,7 +127,7 @@ def run_config(settings: JobSettings | None = None, **overrides: Any) -> RunConf
         "concurrency": settings.concurrency,
         "lines_per_request": settings.lines_per_request,
         "page_size": settings.page_size,
-        "lines_per_unit": settings.lines_per_unit,
+        "lines_per_batch": settings.lines_per_batch,
         "cache_dir": settings.cache_dir,
         "retry_budget_seconds": settings.retry_budget_seconds,
         "request_timeout_seconds": settings.request_timeout_seconds,
@@ -225,7 +225,7 @@ class RunReport:
 
 
 class _Stages:
-    """Times each stage and tells the observer. A stage runs once per unit: its seconds and counts add
+    """Times each stage and tells the observer. A stage runs once per batch: its seconds and counts add
     up, and the observer sees it start once and finish once (one progress bar per stage, for the run)."""
 
     def __init__(self, report: RunReport, observer: RunObserver) -> None:
@@ -242,7 +242,7 @@ class _Stages:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, int]]:
-        """Time one unit's pass through stage `name`; what the block puts in the yielded dict is added
+        """Time one batch's pass through stage `name`; what the block puts in the yielded dict is added
         to the run's counts."""
         counts: dict[str, int] = {}
         if name not in self.seconds:
@@ -257,7 +257,7 @@ class _Stages:
         for key, value in counts.items():
             self.counts[name][key] = self.counts[name].get(key, 0) + value
             self.report.counts[key] = self.report.counts.get(key, 0) + value
-        if name == "load":  # runs once, before the units
+        if name == "load":  # runs once, before the batches
             self.observer.stage_finished(name, self.seconds[name], self.counts[name])
 
     def finish(self) -> None:
@@ -314,7 +314,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
 
 def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
     """The stages of `run`, filling `report`: the source staged once (or reused), then the run's days in
-    units of at most `lines_per_unit` lines, each through the stages the DAG's tasks call."""
+    batches of at most `lines_per_batch` lines, each through the stages the DAG's tasks call."""
     # A misnamed or unreachable destination fails the run here, before anything is posted or written.
     fanout.check_destinations(
         config.warehouse_url, config.notify_url, exchange=config.notify_exchange, connect=not config.dry_run
@@ -334,16 +334,16 @@ def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
         lines_per_day = staging.lines_per_day()
         days = run_days(config.days, [day for day in staging.days if config.days.contains(day)])
         report.days = [d.isoformat() for d in days]
-        units = plan_units(days, lines_per_day, config.lines_per_unit)
+        batches = plan_batches(days, lines_per_day, config.lines_per_batch)
         stages.expect(sum(lines_per_day.get(day, 0) for day in days), len(days))
-        run = _UnitRun(config, report, stages, staging)
+        run = _BatchRun(config, report, stages, staging)
         try:
             if config.dry_run:
-                for unit in units:
-                    run.validate(unit)
+                for batch in batches:
+                    run.validate(batch)
                 report.status = "dry run"
                 return report
-            asyncio.run(run.all(units))
+            asyncio.run(run.all(batches))
         except Exception:
             report.status = "failed"
             _save_report(config, report)
@@ -366,29 +366,29 @@ def _staging_root(config: RunConfig) -> Iterator[tuple[str, Mapping[str, Any] | 
         yield folder, None
 
 
-def plan_units(
+def plan_batches(
     days: Sequence[dt.date], lines_per_day: Mapping[dt.date, int], max_lines: int
 ) -> list[tuple[dt.date, ...]]:
-    """`days` cut into units of consecutive days holding at most `max_lines` lines together (a day
-    with more is a unit of its own): what one unit holds is what the run holds in memory at once."""
-    units: list[tuple[dt.date, ...]] = []
+    """`days` cut into batches of consecutive days holding at most `max_lines` lines together (a day
+    with more is a batch of its own): what one batch holds is what the run holds in memory at once."""
+    batches: list[tuple[dt.date, ...]] = []
     current: list[dt.date] = []
     held = 0
     for day in days:
         lines = lines_per_day.get(day, 0)
         if current and held + lines > max_lines:
-            units.append(tuple(current))
+            batches.append(tuple(current))
             current, held = [], 0
         current.append(day)
         held += lines
     if current:
-        units.append(tuple(current))
-    return units
+        batches.append(tuple(current))
+    return batches
 
 
-class _UnitRun:
-    """The run's units, one after the other, through the same stage functions as the DAG's tasks; the
-    report adds up what each unit counted."""
+class _BatchRun:
+    """The run's batches, one after the other, through the same stage functions as the DAG's tasks; the
+    report adds up what each batch counted."""
 
     def __init__(self, config: RunConfig, report: RunReport, stages: _Stages, staging: Staging) -> None:
         self.config = config
@@ -400,11 +400,11 @@ class _UnitRun:
         self.undated_rejects_counted = False
 
     def validate(self, days: Sequence[dt.date]) -> ValidatedSource:
-        """The unit's lines and rejects from the staging; counts them."""
+        """The batch's lines and rejects from the staging; counts them."""
         with self.stages.stage("validate") as counts:
             validated = self.staging.read(days)
             undated = validated.rejects.column(PARTITION_COLUMN).null_count
-            # The rejects without a day come with every unit (each unit's lake write keeps them): once.
+            # The rejects without a day come with every batch (each batch's lake write keeps them): once.
             counts["rejects"] = validated.rejects.num_rows - (undated if self.undated_rejects_counted else 0)
             self.undated_rejects_counted = True
             counts["lines"] = validated.lines.num_rows
@@ -414,18 +414,18 @@ class _UnitRun:
             self.stages.observer.advanced("validate", validated.lines.num_rows)
         return validated
 
-    async def all(self, units: Sequence[tuple[dt.date, ...]]) -> None:
-        """Every unit, with one client for the whole run."""
+    async def all(self, batches: Sequence[tuple[dt.date, ...]]) -> None:
+        """Every batch, with one client for the whole run."""
         async with _client(self.config) as client:
             try:
-                for days in units:
+                for days in batches:
                     await self.one(client, days)
             finally:
                 # Also when a stage failed: the retries are what explain a failure.
                 self.report.retries = dict(client.retry_stats.by_cause)
 
     async def one(self, client: RetailClient, days: tuple[dt.date, ...]) -> None:
-        """One unit: validate → post → read back → reconcile → write lake → warehouse → notify."""
+        """One batch: validate → post → read back → reconcile → write lake → warehouse → notify."""
         config, report, stages = self.config, self.report, self.stages
         validated = self.validate(days)
         with stages.stage("post") as counts:
@@ -464,7 +464,7 @@ class _UnitRun:
         _deliver(config, report, stages, days)
 
     def _checked(self, label: str, check: ReconcileReport, other_lines: pa.Table) -> None:
-        """Add a unit's check to the run's, and fail on a difference."""
+        """Add a batch's check to the run's, and fail on a difference."""
         self.checks[label].append(check)
         self.customers[label].update(_customer_ids(other_lines))
         combined = combine_checks(
@@ -506,7 +506,7 @@ def _customer_ids(lines: pa.Table) -> list[str]:
 
 
 def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequence[dt.date]) -> None:
-    """The unit's days, as the lake now holds them, into the warehouse and then announced: in that
+    """The batch's days, as the lake now holds them, into the warehouse and then announced: in that
     order, so that a message names only days already in the lake and the warehouse."""
     if not (config.warehouse_url or config.notify_url):
         return
@@ -537,12 +537,12 @@ def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequen
             stages.observer.advanced("notify", len(days))
 
 
-def _added(before: Mapping[str, Any] | None, unit: Mapping[str, Any]) -> dict[str, Any]:
-    """What a destination received so far: numbers added up (nested ones too), the rest as the unit's."""
+def _added(before: Mapping[str, Any] | None, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """What a destination received so far: numbers added up (nested ones too), the rest as the batch's."""
     if before is None:
-        return dict(unit)
-    total: dict[str, Any] = dict(unit)
-    for key, value in unit.items():
+        return dict(batch)
+    total: dict[str, Any] = dict(batch)
+    for key, value in batch.items():
         earlier = before.get(key)
         if isinstance(value, int) and isinstance(earlier, int):
             total[key] = earlier + value

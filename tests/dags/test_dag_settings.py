@@ -32,7 +32,7 @@ SETTINGS = {
     "RETAIL_PAGE_SIZE": "40",
     "RETAIL_RETRY_BUDGET_SECONDS": "42",
     "RETAIL_REQUEST_TIMEOUT_SECONDS": "21",
-    "RETAIL_LINES_PER_UNIT": "1500",
+    "RETAIL_LINES_PER_BATCH": "1500",
 }
 
 
@@ -72,12 +72,12 @@ def test_a_scheduled_run_honours_the_settings_and_leaves_the_command_lines_repor
         "page_size": 40,
         "retry_budget_seconds": 42.0,
         "request_timeout_seconds": 21.0,
-        "lines_per_unit": 1500,
+        "lines_per_batch": 1500,
     }
     assert from_cli["settings"] == expected
-    # The DAG's tasks post and read back with these; a scheduled run is one day, not cut in units.
-    assert {k: v for k, v in from_dag["settings"].items() if k != "lines_per_unit"} == {
-        k: v for k, v in expected.items() if k != "lines_per_unit"
+    # The DAG's tasks post and read back with these; a scheduled run is one day, not cut in batches.
+    assert {k: v for k, v in from_dag["settings"].items() if k != "lines_per_batch"} == {
+        k: v for k, v in expected.items() if k != "lines_per_batch"
     }
     # Their effect: the day's lines go in requests of at most 150 lines (the default sends one request).
     lines, _, _ = source_day(DAY)
