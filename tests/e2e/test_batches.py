@@ -1,5 +1,5 @@
-"""A run in bounded batches: the command line holds at most RETAIL_LINES_PER_BATCH lines at once, and the lake,
-the service and the report come out as from one batch."""
+"""A run in bounded batches: the command line holds at most RETAIL_LINES_PER_BATCH lines at once, and the
+lake, the service and the report come out as from one batch."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def report_of(lake: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_a_run_in_small_batches_gives_the_lake_and_report_of_one_batch(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_run_in_small_batches_gives_the_lake_and_report_of_one_batch(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     with live_service(sqlite_url) as service:
         small = run_job_at(
             service.url, service.api_key, tmp_path / "small", extra_env={"RETAIL_LINES_PER_BATCH": "1000"}
