@@ -10,11 +10,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,8 +24,11 @@ from rich.table import Table
 from etl import logs
 from etl.config import JobSettings
 from etl.dialect import SourceOptions
-from etl.errors import EtlError, SourceError
+from etl.errors import EtlError, SourceError, SyncBusyError
 from etl.schema import DayRange
+
+if TYPE_CHECKING:  # the pipeline's imports are heavy: after argument parsing only
+    from etl.pipeline import RunObserver, RunReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 err = Console(stderr=True)
@@ -167,7 +170,7 @@ def run_command(
     ] = OnConflictChoice.FAIL,
 ) -> None:
     """Load SOURCE, post its invoices for the selected days, read them back, reconcile, write the lake."""
-    from etl.pipeline import RunReport, run, run_config  # heavy imports after argument parsing
+    from etl.pipeline import run, run_config  # heavy imports after argument parsing
     from etl.post import parse_on_conflict
 
     source_options = _source_options(date_format, delimiter, decimal, encoding)
@@ -198,31 +201,88 @@ def run_command(
         source_options=source_options,
         on_conflict=parse_on_conflict(on_conflict.value),
     )
+    report = _at_the_edge(lambda observer: run(config, observer), "rerun the same days to complete them")
+    out.print(summary_table(report.to_dict()))
+
+
+@app.command("sync")
+def sync_command(
+    api_url: Annotated[str | None, typer.Option(help="The service's base URL. Env RETAIL_API_URL.")] = None,
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root: a path or an object-store URL. Env RETAIL_LAKE.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key (read scope). Env RETAIL_API_KEY.", show_default=False)
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    pushgateway: Annotated[
+        str | None, typer.Option(help="Prometheus Pushgateway URL. Env RETAIL_PUSHGATEWAY_URL.")
+    ] = None,
+    warehouse: Annotated[
+        str | None,
+        typer.Option(help="Also rewrite the changed days in this warehouse. Env RETAIL_WAREHOUSE_URL."),
+    ] = None,
+    notify: Annotated[
+        str | None,
+        typer.Option(help="Then announce each changed day on this broker. Env RETAIL_NOTIFY_URL."),
+    ] = None,
+    notify_exchange: Annotated[
+        str | None, typer.Option(help="Exchange of those messages. Env RETAIL_NOTIFY_EXCHANGE.")
+    ] = None,
+) -> None:
+    """Bring the lake up to date with the service: every client's changes since the last sync (the first
+    sync reads the service whole), checked day by day against the service's own figures. Safe to start
+    twice: the second says who holds the lake and exits 0."""
+    from etl.pipeline import run_config  # heavy imports after argument parsing
+    from etl.sync import sync
+
+    settings = JobSettings()
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key:
+        raise typer.BadParameter("give --api-key or set RETAIL_API_KEY", param_hint="--api-key")
+    config = run_config(
+        settings,
+        api_url=api_url,
+        api_key=key,
+        lake=lake,
+        concurrency=concurrency,
+        pushgateway_url=pushgateway,
+        warehouse_url=warehouse,
+        notify_url=notify,
+        notify_exchange=notify_exchange,
+    )
+    report = _at_the_edge(lambda observer: sync(config, observer), "run the sync again to complete it")
+    out.print(summary_table(report.to_dict()))
+
+
+def _at_the_edge(job: Callable[[RunObserver | None], RunReport], to_complete: str) -> RunReport:
+    """Run `job` with a progress bar on a terminal (log lines elsewhere); every failure becomes one line
+    on stderr and the exit status that says what kind it was."""
     interactive = sys.stderr.isatty()
     logs.configure(json_lines=not interactive)
     try:
         with _terminate_on_sigterm():
-            if interactive:
-                columns = (
-                    TextColumn("{task.description:>10}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                )
-                with Progress(*columns, console=err, transient=False) as progress:
-                    report: RunReport = run(config, RichObserver(progress))
-            else:
-                report = run(config)
+            if not interactive:
+                return job(None)
+            columns = (
+                TextColumn("{task.description:>10}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=err, transient=False) as progress:
+                return job(RichObserver(progress))
+    except SyncBusyError as exc:
+        err.print(str(exc), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(exc.exit_code) from None
     except EtlError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except Terminated:
-        err.print(
-            "[bold red]error:[/] stopped by SIGTERM; rerun the same days to complete them", highlight=False
-        )
+        err.print(f"[bold red]error:[/] stopped by SIGTERM; {to_complete}", highlight=False)
         raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
-        err.print("[bold red]error:[/] interrupted; rerun the same days to complete them", highlight=False)
+        err.print(f"[bold red]error:[/] interrupted; {to_complete}", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if os.environ.get("RETAIL_DEBUG"):
@@ -234,7 +294,6 @@ def run_command(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERNAL) from None
-    out.print(summary_table(report.to_dict()))
 
 
 def _source_options(
@@ -255,7 +314,8 @@ def _source_options(
 
 def summary_table(report: Mapping[str, object]) -> Table:
     """The end-of-run table: rows per table, rejects, retries, seconds per stage."""
-    table = Table(title=f"retail-etl run {report['run_id']}: {report['status']}", show_header=True)
+    command = "sync" if report.get("shape") == "sync" else "run"
+    table = Table(title=f"retail-etl {command} {report['run_id']}: {report['status']}", show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right", overflow="fold")  # URLs fold, never lose their end
     days = report.get("days") or []
@@ -269,6 +329,13 @@ def summary_table(report: Mapping[str, object]) -> Table:
         read_as += [f"{key} {dialect[key]}" for key in ("delimiter", "encoding") if key in dialect]
         table.add_row("read as", ", ".join(read_as))
     table.add_row("invoice days", f"{len(days)}" + (f" ({days[0]} .. {days[-1]})" if days else ""))
+    sync = report.get("sync") or {}
+    assert isinstance(sync, dict)
+    if sync:
+        table.add_row("changes read", f"{sync['changes']:,}")
+        table.add_row("feed cursor", f"{sync['cursor_before'] or '(none)'} -> {sync['cursor_after']}")
+        if sync.get("snapshot"):
+            table.add_row("snapshot", f"the service read whole: {sync['snapshot']['why']}")
     counts = report.get("counts") or {}
     assert isinstance(counts, dict)
     for name, value in counts.items():

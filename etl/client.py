@@ -36,7 +36,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from etl.errors import ServiceError
+from etl.errors import CursorExpiredError, ServiceError
 from retail_contract.wire import ARROW_STREAM, NEXT_CURSOR_HEADER
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ def _refusal(method: str, path: str, response: httpx.Response) -> ServiceError:
         )
     if status == 413:
         return ServiceError(f"the service found the request too large (413 on {where}); send fewer lines")
+    if status == 410 and path == "/changes":
+        return CursorExpiredError(f"the change feed no longer holds what follows the cursor (410: {detail})")
     return ServiceError(
         f"{where} was refused with {status} {response.reason_phrase}: {detail or '(no detail)'}"
     )
@@ -339,6 +341,26 @@ class RetailClient:
     ) -> dict[str, Any]:
         """GET /customers with an invoice in `[start, end]` → `{"items": [Customer], "next_cursor"}`."""
         return await self._request("GET", "/customers", params=_page_params(start, end, cursor, limit))
+
+    async def get_changes(self, after: str, limit: int = 1000) -> dict[str, Any]:
+        """GET /changes: the committed changes after position `after`, in commit order →
+        `{"changes": [Change], "next_cursor", "more"}`; an expired cursor raises `CursorExpiredError`."""
+        return await self._request("GET", "/changes", params={"after": after, "limit": limit})
+
+    async def get_change_head(self) -> dict[str, Any]:
+        """GET /changes/head → `{"position", "cursor", "purged_through"}`: where a snapshot read after
+        this call continues from."""
+        return await self._request("GET", "/changes/head")
+
+    async def get_invoice_days(
+        self, start: dt.date | None = None, end: dt.date | None = None
+    ) -> list[dict[str, Any]]:
+        """GET /invoice-days: per invoice day in `[start, end]` (open ends: all), the service's own
+        `{"invoice_day", "invoices", "lines", "amount"}`, computed by its database."""
+        params = {name: day.isoformat() for name, day in (("start", start), ("end", end)) if day}
+        answer = await self._request("GET", "/invoice-days", params=params)
+        days: list[dict[str, Any]] = answer["days"]
+        return days
 
     async def get_invoice_page_arrow(
         self, start: dt.date, end: dt.date, cursor: str | None, limit: int = 1000

@@ -30,6 +30,17 @@ class InvoiceConflictError(ServiceError):
     asked to replace them (`--on-conflict replace`): a retry cannot help."""
 
 
+class CursorExpiredError(ServiceError):
+    """The change feed no longer holds the changes after the lake's cursor (retention deleted them):
+    the lake must be read whole from the service again."""
+
+
+class SyncBusyError(EtlError):
+    """Another sync holds the lake: this one did nothing (and need not)."""
+
+    exit_code = 0
+
+
 class ReconciliationError(EtlError):
     """What the service or the lake holds differs from the source."""
 

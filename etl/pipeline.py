@@ -203,6 +203,8 @@ class RunReport:
     destinations: dict[str, Any] = field(default_factory=dict)
     #: The settings the run's stages used (`RunConfig.tuning`): from RETAIL_*, the options or the DAG.
     settings: dict[str, Any] = field(default_factory=dict)
+    #: A sync's cursors, snapshot and changes read (`etl.sync`); empty for a run of a source.
+    sync: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (its own lists and dicts, not copies: read, don't change)."""
@@ -224,7 +226,7 @@ class RunReport:
         return self.metrics
 
 
-class _Stages:
+class StageTimer:
     """Times each stage and tells the observer. A stage runs once per batch: its seconds and counts add
     up, and the observer sees it start once and finish once (one progress bar per stage, for the run)."""
 
@@ -276,7 +278,7 @@ def run_days(days: DayRange, present: Sequence[dt.date]) -> list[dt.date]:
     return sorted(present)
 
 
-def _client(config: RunConfig) -> RetailClient:
+def service_client(config: RunConfig) -> RetailClient:
     return RetailClient(
         config.api_url,
         config.api_key,
@@ -290,7 +292,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
     (after saving the failed report when the lake is reachable) otherwise. With `pushgateway_url`, the
     run's metrics are pushed at the end whatever the outcome (not for a dry run)."""
     report = RunReport(
-        run_id=_new_run_id(),
+        run_id=new_run_id(),
         source=config.source,
         shape="",
         lake=config.lake,
@@ -301,7 +303,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
         settings=config.tuning(),
     )
     try:
-        return _run(config, report, _Stages(report, observer or LogObserver()))
+        return _run(config, report, StageTimer(report, observer or LogObserver()))
     except BaseException:
         report.status = "failed"
         raise
@@ -312,7 +314,7 @@ def run(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
             push_run_metrics(config.pushgateway_url, report.metrics)
 
 
-def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
+def _run(config: RunConfig, report: RunReport, stages: StageTimer) -> RunReport:
     """The stages of `run`, filling `report`: the source staged once (or reused), then the run's days in
     batches of at most `lines_per_batch` lines, each through the stages the DAG's tasks call."""
     # A misnamed or unreachable destination fails the run here, before anything is posted or written.
@@ -346,12 +348,12 @@ def _run(config: RunConfig, report: RunReport, stages: _Stages) -> RunReport:
             asyncio.run(run.all(batches))
         except Exception:
             report.status = "failed"
-            _save_report(config, report)
+            save_report(config, report)
             raise
         finally:
             stages.finish()
     report.status = "reconciled"
-    _save_report(config, report)
+    save_report(config, report)
     return report
 
 
@@ -390,7 +392,7 @@ class _BatchRun:
     """The run's batches, one after the other, through the same stage functions as the DAG's tasks; the
     report adds up what each batch counted."""
 
-    def __init__(self, config: RunConfig, report: RunReport, stages: _Stages, staging: Staging) -> None:
+    def __init__(self, config: RunConfig, report: RunReport, stages: StageTimer, staging: Staging) -> None:
         self.config = config
         self.report = report
         self.stages = stages
@@ -416,7 +418,7 @@ class _BatchRun:
 
     async def all(self, batches: Sequence[tuple[dt.date, ...]]) -> None:
         """Every batch, with one client for the whole run."""
-        async with _client(self.config) as client:
+        async with service_client(self.config) as client:
             try:
                 for days in batches:
                     await self.one(client, days)
@@ -461,7 +463,7 @@ class _BatchRun:
             counts["partitions_written"] = written.partitions_written
             counts["lines_written"] = written.rows.get("invoice_lines", 0)
             stages.observer.advanced("write lake", source_lines.num_rows)
-        _deliver(config, report, stages, days)
+        deliver_days(config, report, stages, days)
 
     def _checked(self, label: str, check: ReconcileReport, other_lines: pa.Table) -> None:
         """Add a batch's check to the run's, and fail on a difference."""
@@ -493,9 +495,7 @@ def write_and_check_lake(
         source_fingerprint=fingerprint,
         storage_options=config.storage_options,
     )
-    in_lake = read_lake_table(
-        config.lake, "invoice_lines", days, storage_options=config.storage_options
-    )
+    in_lake = read_lake_table(config.lake, "invoice_lines", days, storage_options=config.storage_options)
     in_lake = in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA)
     return written, reconcile(source_lines, in_lake, label="lake"), in_lake
 
@@ -505,7 +505,7 @@ def _customer_ids(lines: pa.Table) -> list[str]:
     return ids
 
 
-def _deliver(config: RunConfig, report: RunReport, stages: _Stages, days: Sequence[dt.date]) -> None:
+def deliver_days(config: RunConfig, report: RunReport, stages: StageTimer, days: Sequence[dt.date]) -> None:
     """The batch's days, as the lake now holds them, into the warehouse and then announced: in that
     order, so that a message names only days already in the lake and the warehouse."""
     if not (config.warehouse_url or config.notify_url):
@@ -565,17 +565,15 @@ def _post_counts(posted: PostReport) -> dict[str, int]:
     }
 
 
-def _save_report(config: RunConfig, report: RunReport) -> None:
+def save_report(config: RunConfig, report: RunReport) -> None:
     report.update_metrics()
     try:
-        write_run_report(
-            config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options
-        )
+        write_run_report(config.lake, report.run_id, report.to_dict(), storage_options=config.storage_options)
     except Exception as exc:  # the run's own outcome matters more than its trace
         log.warning("could not save the run report: %s", exc)
 
 
-def _new_run_id() -> str:
+def new_run_id() -> str:
     return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
 
 
@@ -690,7 +688,7 @@ def save_dag_report(meta: Mapping[str, Any], status: str, *, error: BaseExceptio
     if "warehouse" in destinations:
         counts["warehouse_lines"] = int(destinations["warehouse"]["rows"].get("invoice_lines", 0))
     report = RunReport(
-        run_id=str(meta.get("run_id") or _new_run_id()),
+        run_id=str(meta.get("run_id") or new_run_id()),
         source=str(meta.get("source", "")),
         shape=str(meta.get("shape", "")),
         lake=str(meta.get("lake", "")),
@@ -712,7 +710,7 @@ def save_dag_report(meta: Mapping[str, Any], status: str, *, error: BaseExceptio
     if error is not None:
         report.reconciliation.setdefault("error", f"{type(error).__name__}: {error}")
     if report.lake:
-        _save_report(run_config(lake=report.lake, source=report.source), report)
+        save_report(run_config(lake=report.lake, source=report.source), report)
     return report
 
 
@@ -753,7 +751,7 @@ def task_load_and_validate(
     pq.write_table(validated.lines, work.path("lines.parquet"), filesystem=fs)
     pq.write_table(validated.rejects, work.path("rejects.parquet"), filesystem=fs)
     meta = {
-        "run_id": run_id or _new_run_id(),
+        "run_id": run_id or new_run_id(),
         "source": source,
         "lake": lake,
         "start": start,
@@ -796,7 +794,7 @@ def task_post(
     )
 
     async def _post() -> PostReport:
-        async with _client(config) as client:
+        async with service_client(config) as client:
             return await post_lines(
                 lines,
                 client,
@@ -826,7 +824,7 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
     config = run_config(source=str(meta["source"]), api_url=api_url, api_key=api_key, lake=work.lake)
 
     async def _read() -> ServiceSnapshot:
-        async with _client(config) as client:
+        async with service_client(config) as client:
             try:
                 return await read_back(
                     client, days, concurrency=config.concurrency, page_size=config.page_size

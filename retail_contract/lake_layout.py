@@ -29,3 +29,5 @@ RUNS_DIR = "_runs"
 WORK_DIR = "_work"
 #: The DAG's staged sources, `<key>/manifest.json`.
 STAGING_DIR = "_staging"
+#: `retail-etl sync`'s state (`state.json`: the feed's cursor the lake holds) and its lock.
+SYNC_DIR = "_sync"

@@ -81,13 +81,16 @@ class Unit:
 
 
 def plan_units(
-    days: tuple[dt.date, ...], snapshot: ServiceSnapshot, rejects: pa.Table, fingerprint: str
+    days: tuple[dt.date, ...],
+    snapshot: ServiceSnapshot,
+    rejects: pa.Table,
+    fingerprint: str | None,
 ) -> list[Unit]:
     """Every unit this write commits, with each table's rows (None: no rows), before anything is written.
 
-    Day by day, then the source's undated rejects. Each table is derived and sorted by (day, its key)
-    once and then sliced per day: per-day filters and group-bys cost a pass over the data, or a
-    compute call, per day.
+    Day by day, then the source's undated rejects (none without a `fingerprint`). Each table is derived
+    and sorted by (day, its key) once and then sliced per day: per-day filters and group-bys cost a pass
+    over the data, or a compute call, per day.
     """
     lines = _conform(snapshot.lines, LINE_SCHEMA, "snapshot.lines")
     customers = _conform(snapshot.customers, CUSTOMER_SCHEMA, "snapshot.customers")
@@ -114,6 +117,10 @@ def plan_units(
             tables[table] = _day_rows(data, first, stop, table) if stop > first else None
         units.append(Unit(partition, partition, DAY_FILE, "", tables))
     undated = _sorted(rejects.filter(pc.is_null(rejects[PARTITION_COLUMN])), "rejects")
+    if fingerprint is None:
+        if undated.num_rows:
+            raise ValueError("rejects without a day need the source's fingerprint")
+        return units
     partition = f"{PARTITION_COLUMN}={DEFAULT_PARTITION}"
     units.append(
         Unit(

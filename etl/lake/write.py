@@ -69,7 +69,7 @@ def write_lake(
     snapshot: ServiceSnapshot,
     rejects: pa.Table,
     *,
-    source_fingerprint: str,
+    source_fingerprint: str | None,
     storage_options: Mapping[str, Any] | None = None,
     max_writers: int | None = None,
 ) -> LakeReport:
@@ -78,7 +78,9 @@ def write_lake(
     Each day is committed as a whole by its manifest (see the module's docstring), then published.
     A day in `days` without rows in a table loses its old partition there; days not in `days` are
     untouched. Rejects without an invoice day go to the default partition, in a file named after
-    `source_fingerprint` (so a rerun of the same source replaces it and other sources' files stay).
+    `source_fingerprint` (so a rerun of the same source replaces it and other sources' files stay);
+    with `source_fingerprint` None (a sync, which rewrites days from the service and reads no source)
+    `rejects` must have a day each, and the undated rejects stay as they are.
     A day whose content equals what is committed writes nothing. `root` is a local path or an fsspec
     URL (`s3://bucket/lake`, `memory://lake`); `storage_options` go to the storage.filesystem (e.g.
     `{"endpoint_url": ...}` for an S3-compatible server). Up to `max_writers` files (default
@@ -89,7 +91,7 @@ def write_lake(
     `ValueError` when the inputs break the contract (wrong schema, rows on a day outside `days`,
     customers missing from the snapshot).
     """
-    if not _FINGERPRINT.match(source_fingerprint):
+    if source_fingerprint is not None and not _FINGERPRINT.match(source_fingerprint):
         raise ValueError(f"source_fingerprint {source_fingerprint!r} is not a safe file-name part")
     writers = DEFAULT_WRITERS if max_writers is None else max_writers
     if writers < 1:

@@ -1,0 +1,234 @@
+"""`retail-etl sync` against a live service: other clients write, the lake follows, row for row.
+
+Nothing is mocked: uvicorn on a fresh database (PostgreSQL and a SQLite file), the job as a child process,
+the lake on disk. The lake is checked against what the service answers over HTTP, line by line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from tests.api.helpers import invoice, line
+from tests.e2e.test_job import assert_one_line_error, run_job_at
+from tests.support.job import ROOT
+from tests.support.service import LiveService, live_service
+
+DAY = "2010-12-01"
+TABLES = ("invoice_lines", "invoices", "customers", "rejects")
+
+
+def sync(service: LiveService, lake: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RETAIL_API_KEY": service.api_key}
+    return subprocess.run(
+        [sys.executable, "-m", "etl.cli", "sync", "--api-url", service.url, "--lake", str(lake), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+
+
+def last_report(lake: Path) -> dict[str, Any]:
+    newest = max((lake / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    report: dict[str, Any] = json.loads(newest.read_text())
+    return report
+
+
+def service_lines(service: LiveService) -> dict[tuple[str, int], tuple[Any, ...]]:
+    """Every line the service holds, by (invoice_no, line_no), as its paged read answers it."""
+    lines: dict[tuple[str, int], tuple[Any, ...]] = {}
+    cursor = None
+    with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+        while True:
+            params = {"start": "2010-01-01", "end": "2012-12-31", "limit": 1000}
+            page = client.get("/invoices", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+            for item in page["items"]:
+                for row in item["lines"]:
+                    lines[(item["invoice_no"], row["line_no"])] = (
+                        row["stock_code"],
+                        row["quantity"],
+                        Decimal(row["unit_price"]),
+                        item.get("customer_id"),
+                        item["invoice_day"],
+                    )
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return lines
+
+
+def lake_lines(lake: Path) -> dict[tuple[str, int], tuple[Any, ...]]:
+    table = pq.read_table(lake / "invoice_lines").to_pylist()
+    return {
+        (row["invoice_no"], row["line_no"]): (
+            row["stock_code"],
+            row["quantity"],
+            row["unit_price"],
+            row["customer_id"],
+            str(row["invoice_day"]),
+        )
+        for row in table
+    }
+
+
+def lake_countries(lake: Path) -> dict[str, set[str]]:
+    countries: dict[str, set[str]] = {}
+    for row in pq.read_table(lake / "customers").to_pylist():
+        countries.setdefault(row["customer_id"], set()).add(row["country"])
+    return countries
+
+
+def table_files(lake: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(lake)): p.read_bytes()
+        for t in TABLES
+        for p in sorted((lake / t).glob("*/*.parquet"))
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = request.getfixturevalue(f"{request.param}_url")
+    with live_service(url) as running:
+        yield running
+
+
+def test_the_lake_follows_every_clients_changes(service: LiveService, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    ran = run_job_at(service.url, service.api_key, lake, "--start", DAY, "--end", DAY)
+    assert ran.returncode == 0, ran.stderr
+
+    # The first sync of a lake written by `run`: no state yet, so the service is read whole once.
+    first = sync(service, lake)
+    assert first.returncode == 0, first.stderr
+    report = last_report(lake)
+    assert report["status"] == "reconciled" and report["shape"] == "sync"
+    assert report["sync"]["snapshot"]["why"] == "no sync state in the lake"
+    assert lake_lines(lake) == service_lines(service)
+
+    # Other clients write: a new invoice on the day, a customer moves, an invoice is deleted, lines of
+    # another are added, one invoice moves to another day.
+    headers = service.headers
+    with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
+        new = invoice("999001", invoice_date=f"{DAY}T10:00:00", lines=[line("85123A", line_no=1)])
+        assert client.post("/customer/17850/invoice", json=new).status_code == 201
+        assert client.patch("/customer/17850", json={"country": "France"}).status_code == 200
+        assert client.delete("/invoice/536370").status_code == 204
+        added = client.post("/invoice/536365/22633/", json={"quantity": 3, "unit_price": "1.85"})
+        assert added.status_code == 201, added.text
+        moved = client.get("/invoice/536366").json()
+        body = {k: v for k, v in moved.items() if k not in ("invoice_no", "invoice_day")}
+        body["invoice_date"] = "2010-12-02T09:00:00"
+        for row in body["lines"]:
+            row.pop("invoice_date", None)
+        put = client.put("/invoice/536366", json=body)
+        assert put.status_code == 200, put.text
+
+    second = sync(service, lake)
+    assert second.returncode == 0, second.stderr
+    report = last_report(lake)
+    assert report["sync"]["snapshot"] is None
+    assert report["sync"]["changes"] == 5
+    # The cost follows the changes: the day written and the day the invoice moved to.
+    assert report["days"] == [DAY, "2010-12-02"]
+    held = lake_lines(lake)
+    assert held == service_lines(service)
+    assert ("999001", 1) in held and not any(number == "536370" for number, _ in held)
+    assert held[("536366", 1)][4] == "2010-12-02"
+    assert lake_countries(lake)["17850"] == {"France"}
+    assert report["reconciliation"]["service"]["ok"] is True
+
+    # Nothing changed since: a sync reads no change and writes nothing.
+    before = table_files(lake)
+    third = sync(service, lake)
+    assert third.returncode == 0, third.stderr
+    assert last_report(lake)["sync"]["changes"] == 0
+    assert table_files(lake) == before
+
+    # A lake that lost its sync state is read whole again, and comes out the same.
+    (lake / "_sync" / "state.json").unlink()
+    fourth = sync(service, lake)
+    assert fourth.returncode == 0, fourth.stderr
+    assert last_report(lake)["sync"]["snapshot"]["why"] == "no sync state in the lake"
+    assert table_files(lake) == before
+
+
+def test_an_empty_lake_is_a_snapshot_then_follows_the_feed(sqlite_url: str, tmp_path: Path) -> None:
+    with live_service(sqlite_url) as service:
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+            customer = {"customer_id": "17850", "country": "United Kingdom"}
+            assert client.post("/customer", json=customer).status_code == 201
+            for number in ("536365", "536366"):
+                assert client.post("/customer/17850/invoice", json=invoice(number)).status_code == 201
+        lake = tmp_path / "lake"
+        assert sync(service, lake).returncode == 0
+        assert sorted({n for n, _ in lake_lines(lake)}) == ["536365", "536366"]
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+            assert client.delete("/invoice/536365").status_code == 204
+        assert sync(service, lake).returncode == 0
+        assert lake_lines(lake) == service_lines(service)
+        assert sorted({n for n, _ in lake_lines(lake)}) == ["536366"]
+
+
+def test_a_second_sync_while_one_holds_the_lake_does_nothing_and_says_who(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    (lake / "_sync").mkdir(parents=True)
+    lock = lake / "_sync" / "lock"
+    lock.write_text(json.dumps({"owner": "host:4242:abcd", "since": time.time(), "lease_seconds": 3600}))
+    with live_service(sqlite_url) as service:
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+            customer = {"customer_id": "17850", "country": "United Kingdom"}
+            assert client.post("/customer", json=customer).status_code == 201
+            assert client.post("/customer/17850/invoice", json=invoice("536365")).status_code == 201
+        busy = sync(service, lake)
+        assert busy.returncode == 0, busy.stderr
+        assert "another sync (host:4242:abcd) holds the lake" in busy.stderr
+        assert not (lake / "invoice_lines").exists()
+        assert lock.exists()
+
+        # A lock whose lease is over (its sync was killed) is taken over, and released at the end.
+        lock.write_text(
+            json.dumps({"owner": "host:4242:abcd", "since": time.time() - 7200, "lease_seconds": 3600})
+        )
+        taken = sync(service, lake)
+        assert taken.returncode == 0, taken.stderr
+        assert lake_lines(lake) == service_lines(service)
+        assert not lock.exists()
+
+
+def test_a_wrong_key_is_one_line_and_nonzero(sqlite_url: str, tmp_path: Path) -> None:
+    with live_service(sqlite_url) as service:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "etl.cli",
+                "sync",
+                "--api-url",
+                service.url,
+                "--lake",
+                str(tmp_path / "l"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RETAIL_API_KEY": "wrong"},
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr, "API key")
