@@ -1,6 +1,7 @@
 """The `retail_etl` DAG: one run per invoice day of the Online Retail data set, through the service into
-the lake. Wiring only: every task calls one `etl.pipeline.task_*` function (imported inside the task, so
-that parsing this file stays cheap) and passes its small JSON result (paths and counts) to the next.
+the lake; and `retail_sync`: the lake following every client's changes in the service, on an interval.
+Wiring only: every task calls one `etl` function (imported inside the task, so that parsing this file
+stays cheap) and passes its small JSON result (paths and counts) to the next.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
 
 # The lake's tables, under the DAG's name for them (its assets below): the contract's layout, standard
 # library only, so parsing this file stays cheap.
@@ -344,3 +345,84 @@ def retail_etl() -> None:
 
 
 retail_etl()
+
+
+@dag(
+    dag_id="retail_sync",
+    # The lake follows the service every 15 minutes; a run that finds no change reads one feed page.
+    schedule=dt.timedelta(minutes=15),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=dt.timedelta(hours=2),
+    default_args=DEFAULT_ARGS,
+    params={
+        "lake": Param(
+            None,
+            type=["null", "string"],
+            title="Lake root",
+            description="Path or object-store URL. Empty: Variable retail_lake, else env RETAIL_LAKE.",
+        ),
+        "warehouse": Param(
+            None,
+            type=["null", "string"],
+            title="Warehouse",
+            description="Rewrite the changed days there too. Empty: Variable retail_warehouse, else env"
+            " RETAIL_WAREHOUSE_URL, else none.",
+        ),
+        "notify": Param(
+            None,
+            type=["null", "string"],
+            title="Notify",
+            description="amqp:// URL that hears of each changed day. Empty: Variable retail_notify, else env"
+            " RETAIL_NOTIFY_URL, else no message.",
+        ),
+    },
+    tags=["retail", "sync"],
+)
+def retail_sync() -> None:
+    """
+    ### Online Retail: the lake follows the service
+
+    Every 15 minutes, `retail-etl sync`: the changes every client made through the service since the
+    last sync (its change feed, `GET /changes`) reach the lake, each changed day rewritten whole and
+    checked against the service's own figures (`GET /invoice-days`); the warehouse and the broker too
+    when named. The first sync of a lake reads the service whole. The cursor is kept in the lake
+    (`_sync/state.json`), after the days it covers are committed.
+
+    The service: connection `retail_api`, as for `retail_etl`. The lake: param `lake`, else Variable
+    `retail_lake`, else env `RETAIL_LAKE`. A sync that finds another holding the lake (a run still going,
+    or one from cron) is skipped. Retries and pool as `retail_etl`; a failed sync is a failed run.
+    """
+
+    @task(task_id="sync", pool=POOL, outlets=list(LAKE_ASSETS.values()), multiple_outputs=False)
+    def sync() -> dict[str, Any]:
+        """Bring the lake up to date with the service's changes; tell downstream DAGs which days."""
+        context = get_current_context()
+        params = context["params"]
+        api_url, api_key = _service()
+        with _fail_without_retry():
+            lake = _setting(params.get("lake"), "retail_lake", "RETAIL_LAKE", "lake")
+            from etl.errors import SyncBusyError
+            from etl.sync import task_sync
+
+            try:
+                synced = task_sync(
+                    api_url,
+                    api_key,
+                    lake,
+                    warehouse_url=_optional_setting(
+                        params.get("warehouse"), "retail_warehouse", "RETAIL_WAREHOUSE_URL"
+                    ),
+                    notify_url=_optional_setting(params.get("notify"), "retail_notify", "RETAIL_NOTIFY_URL"),
+                )
+            except SyncBusyError as exc:
+                raise AirflowSkipException(str(exc)) from exc
+        for asset in LAKE_ASSETS.values():
+            context["outlet_events"][asset].extra = {"lake": synced["lake"], "days": synced["days"]}
+        return synced
+
+    sync()
+
+
+retail_sync()

@@ -51,6 +51,7 @@ from etl.client import RetailClient
 from etl.errors import CursorExpiredError, LakeError, ReconciliationError, SyncBusyError
 from etl.lake import committed_files, filesystem, put_if_absent, read_lake_table, write_lake
 from etl.lake.storage import put_whole
+from etl.metrics import grouping_key, push_run_metrics
 from etl.pipeline import (
     LogObserver,
     RunConfig,
@@ -60,6 +61,7 @@ from etl.pipeline import (
     deliver_days,
     new_run_id,
     plan_batches,
+    run_config,
     save_report,
     service_client,
 )
@@ -119,14 +121,18 @@ def sync(config: RunConfig, observer: RunObserver | None = None) -> RunReport:
         stages = StageTimer(report, observer or LogObserver())
         try:
             asyncio.run(_Sync(config, report, stages, fs, base).run())
-        except Exception:
+            report.status = "reconciled"
+        except BaseException:
             report.status = "failed"
-            save_report(config, report)
             raise
         finally:
             stages.finish()
-    report.status = "reconciled"
-    save_report(config, report)
+            save_report(config, report)
+            if config.pushgateway_url:
+                # Its own group: a sync's outcome must not overwrite the last run's, nor hide it.
+                push_run_metrics(
+                    config.pushgateway_url, report.metrics, group={**grouping_key(), "pipeline": "sync"}
+                )
     return report
 
 
@@ -422,3 +428,32 @@ def _holder(fs: fsspec.AbstractFileSystem, path: str) -> Mapping[str, Any] | Non
             return holder
     except (FileNotFoundError, ValueError):
         return None
+
+
+def task_sync(
+    api_url: str,
+    api_key: str,
+    lake: str,
+    *,
+    warehouse_url: str | None = None,
+    notify_url: str | None = None,
+    notify_exchange: str | None = None,
+) -> dict[str, Any]:
+    """`sync` for the `retail_sync` DAG: the config built like the command line's (RETAIL_* settings, then
+    the task's arguments); returns the report's JSON-ready summary for XCom."""
+    config = run_config(
+        api_url=api_url,
+        api_key=api_key,
+        lake=lake,
+        warehouse_url=warehouse_url,
+        notify_url=notify_url,
+        notify_exchange=notify_exchange,
+    )
+    report = sync(config)
+    return {
+        "run_id": report.run_id,
+        "lake": report.lake,
+        "days": report.days,
+        "status": report.status,
+        "sync": report.sync,
+    }

@@ -228,7 +228,7 @@ def test_the_airflow_image_install_imports_the_dag_and_the_job(tmp_path: Path) -
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     # Airflow logs to stdout too; the probe's own answer is its last line.
-    assert result.stdout.strip().splitlines()[-1] == "retail_etl", result.stdout[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "retail_etl retail_sync", result.stdout[-3000:]
 
 
 def test_the_install_lines_are_read_from_the_dockerfiles(tmp_path: Path) -> None:
