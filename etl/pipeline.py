@@ -45,7 +45,7 @@ from etl.lake import (
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
-from etl.reconcile import ReconcileReport, reconcile
+from etl.reconcile import ReconcileReport, lines_of_source_invoices, reconcile
 from etl.reconcile import combine as combine_checks
 from etl.schema import (
     CUSTOMER_SCHEMA,
@@ -398,7 +398,9 @@ class _BatchRun:
         self.stages = stages
         self.staging = staging
         self.checks: dict[str, list[ReconcileReport]] = {"service": [], "lake": []}
-        self.customers: dict[str, set[str]] = {"source": set(), "service": set(), "lake": set()}
+        #: The distinct customers of the run, per check: (the side checked against, the side checked).
+        self.customers: dict[str, tuple[set[str], set[str]]] = {}
+        self.source_customers: set[str] = set()
         self.undated_rejects_counted = False
 
     def validate(self, days: Sequence[dt.date]) -> ValidatedSource:
@@ -411,8 +413,8 @@ class _BatchRun:
             self.undated_rejects_counted = True
             counts["lines"] = validated.lines.num_rows
             counts["invoices"] = _distinct(validated.lines, "invoice_no")  # an invoice has one day
-            self.customers["source"].update(_customer_ids(validated.lines))
-            self.report.counts["customers"] = len(self.customers["source"])
+            self.source_customers.update(_customer_ids(validated.lines))
+            self.report.counts["customers"] = len(self.source_customers)
             self.stages.observer.advanced("validate", validated.lines.num_rows)
         return validated
 
@@ -450,28 +452,30 @@ class _BatchRun:
             )
             counts["lines_read_back"] = snapshot.lines.num_rows
             stages.observer.advanced("read back", snapshot.lines.num_rows)
-        with stages.stage("reconcile"):
+        with stages.stage("reconcile") as counts:
             # Both sides in the lake's order: the usual equal case is then one comparison, not two sorts.
             source_lines = in_line_order(validated.lines)
-            self._checked("service", reconcile(source_lines, snapshot.lines, label="service"), snapshot.lines)
+            ours = lines_of_source_invoices(source_lines, snapshot.lines)
+            self._checked("service", reconcile(source_lines, ours, label="service"), source_lines, ours)
+            counts["other_clients_lines"] = snapshot.lines.num_rows - ours.num_rows
             stages.observer.advanced("reconcile", source_lines.num_rows)
         with stages.stage("write lake") as counts:
             written, lake_check, in_lake = write_and_check_lake(
-                config, days, snapshot, validated.rejects, self.staging.fingerprint, source_lines
+                config, days, snapshot, validated.rejects, self.staging.fingerprint
             )
-            self._checked("lake", lake_check, in_lake)
+            self._checked("lake", lake_check, snapshot.lines, in_lake)
             counts["partitions_written"] = written.partitions_written
             counts["lines_written"] = written.rows.get("invoice_lines", 0)
             stages.observer.advanced("write lake", source_lines.num_rows)
         deliver_days(config, report, stages, days)
 
-    def _checked(self, label: str, check: ReconcileReport, other_lines: pa.Table) -> None:
+    def _checked(self, label: str, check: ReconcileReport, expected: pa.Table, found: pa.Table) -> None:
         """Add a batch's check to the run's, and fail on a difference."""
         self.checks[label].append(check)
-        self.customers[label].update(_customer_ids(other_lines))
-        combined = combine_checks(
-            self.checks[label], customers=(len(self.customers["source"]), len(self.customers[label]))
-        )
+        sides = self.customers.setdefault(label, (set(), set()))
+        sides[0].update(_customer_ids(expected))
+        sides[1].update(_customer_ids(found))
+        combined = combine_checks(self.checks[label], customers=(len(sides[0]), len(sides[1])))
         self.report.reconciliation[label] = combined.to_dict()
         check.raise_for_differences()
 
@@ -482,11 +486,11 @@ def write_and_check_lake(
     snapshot: ServiceSnapshot,
     rejects: pa.Table,
     fingerprint: str,
-    source_lines: pa.Table,
 ) -> tuple[LakeReport, ReconcileReport, pa.Table]:
     """Write `days` of the lake from the reconciled `snapshot` and `rejects`, then read the days' lines
-    back from the lake and reconcile them with `source_lines` (in line order). Returns the write's
-    report, the check (not raised: the caller records it first) and the lake's lines."""
+    back from the lake and reconcile them with the service's (the lake shows the service's whole days,
+    other clients' invoices too). Returns the write's report, the check (not raised: the caller records
+    it first) and the lake's lines."""
     written = write_lake(
         config.lake,
         days,
@@ -497,7 +501,7 @@ def write_and_check_lake(
     )
     in_lake = read_lake_table(config.lake, "invoice_lines", days, storage_options=config.storage_options)
     in_lake = in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA)
-    return written, reconcile(source_lines, in_lake, label="lake"), in_lake
+    return written, reconcile(in_line_order(snapshot.lines), in_lake, label="lake"), in_lake
 
 
 def _customer_ids(lines: pa.Table) -> list[str]:
@@ -668,7 +672,8 @@ def _dag_task(
 _REPORT_COUNTS = (
     "source_rows", "lines", "rejects", "invoices", "customers", "customers_created", "customers_existing",
     "invoices_created", "invoices_unchanged", "invoices_skipped", "invoices_replaced", "customers_replaced",
-    "lines_created", "requests", "lines_read_back", "partitions_written", "lines_written",
+    "lines_created", "requests", "lines_read_back", "other_clients_lines", "partitions_written",
+    "lines_written",
 )  # fmt: skip
 
 
@@ -837,7 +842,8 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
     snapshot = asyncio.run(_read())
     read = time.perf_counter()
     source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
-    check = reconcile(source_lines, snapshot.lines, label="service")
+    ours = lines_of_source_invoices(source_lines, snapshot.lines)
+    check = reconcile(source_lines, ours, label="service")
     seconds = {"read back": round(read - started, 3), "reconcile": round(time.perf_counter() - read, 3)}
     reconciliation = {**dict(meta.get("reconciliation") or {}), "service": check.to_dict()}
     if not check.ok:
@@ -853,6 +859,7 @@ def task_read_back_and_reconcile(meta: Mapping[str, Any], api_url: str, api_key:
     return {
         **dict(meta),
         "lines_read_back": snapshot.lines.num_rows,
+        "other_clients_lines": snapshot.lines.num_rows - ours.num_rows,
         "retries": _with_retries(meta, retries),
         "settings": {**dict(meta.get("settings") or {}), **config.tuning()},
         "reconciliation": reconciliation,
@@ -871,14 +878,12 @@ def task_write_lake(meta: Mapping[str, Any]) -> dict[str, Any]:
         customers=_read_work_table(work, "service_customers.parquet", CUSTOMER_SCHEMA),
     )
     rejects = _read_work_table(work, "rejects.parquet", REJECT_SCHEMA)
-    source_lines = in_line_order(_read_work_table(work, "lines.parquet", LINE_SCHEMA))
     written, check, _ = write_and_check_lake(
         run_config(source=str(meta["source"]), lake=work.lake),
         days,
         snapshot,
         rejects,
         str(meta["fingerprint"]),
-        source_lines,
     )
     if not check.ok:
         reconciliation = {**dict(meta.get("reconciliation") or {}), "lake": check.to_dict()}

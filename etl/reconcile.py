@@ -247,6 +247,17 @@ def reconcile(source_lines: pa.Table, service_lines: pa.Table, *, label: str = "
     )
 
 
+def lines_of_source_invoices(source_lines: pa.Table, service_lines: pa.Table) -> pa.Table:
+    """What the service holds of the source's own invoices: the side the source is reconciled with.
+
+    The service is the system of record and other clients write to it: invoices they added to the same
+    days are theirs, not a difference (the lake shows them, and is checked against the service's whole
+    days). An invoice of the source that another client changed is one (`--on-conflict` decides
+    before anything is posted)."""
+    ours = pc.is_in(service_lines.column("invoice_no"), value_set=source_lines.column("invoice_no").unique())
+    return service_lines.filter(ours)
+
+
 def _comparable(lines: pa.Table, side: str) -> pa.Table:
     missing = [name for name in LINE_SCHEMA.names if name not in lines.column_names]
     if missing:
