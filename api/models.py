@@ -200,6 +200,13 @@ class Change(Base):
             postgresql_where=text("position IS NULL"),
             sqlite_where=text("position IS NULL"),
         ),
+        Index(
+            "ix_change_feed_deleted",
+            "resource",
+            "resource_id",
+            postgresql_where=text("kind = 'deleted'"),
+            sqlite_where=text("kind = 'deleted'"),
+        ),
     )
 
 

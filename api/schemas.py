@@ -542,6 +542,9 @@ class InvoiceHashComparison(BaseModel):
     unchanged: list[str]
     different: list[str]
     missing: list[str]
+    #: Not stored because a client deleted them (the change feed keeps the deletion): a source run
+    #: names them instead of posting them again unasked. Not in `missing`.
+    deleted: list[str] = Field(default_factory=list)
 
 
 class InvoicePage(BaseModel):

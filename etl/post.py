@@ -157,6 +157,9 @@ async def post_lines(
     )
 
     replaced_ids = set(replaced_customers.customer_ids)
+    # Invoices a client had deleted, posted again from the source (replacing only): named as replaced.
+    restored = {number for comparison in comparisons for number in comparison.deleted}
+    replaced = {*invoices.replaced, *_with_days(plan.ordered, restored)}
     return PostReport(
         customers_created=customers.created,
         customers_existing=customers.existing,
@@ -167,8 +170,8 @@ async def post_lines(
         lines_created=invoices.lines_created,
         requests=len(plan.customer_batches) + len(plan.invoice_batches),
         retries=client.retry_stats.since(retries_before),
-        replaced_invoices=tuple(sorted(number for number, _day in invoices.replaced)),
-        replaced_days=tuple(sorted({day for _number, day in invoices.replaced})),
+        replaced_invoices=tuple(sorted(number for number, _day in replaced)),
+        replaced_days=tuple(sorted({day for _number, day in replaced})),
         customers_replaced=replaced_customers.customer_ids,
     )
 
@@ -239,6 +242,8 @@ class HashComparison:
     unchanged: frozenset[str]
     #: Held with other content: corrections.
     different: frozenset[str]
+    #: Not held because a client deleted them: posted again only when replacing.
+    deleted: frozenset[str] = frozenset()
 
 
 async def compare_hashes(
@@ -254,7 +259,10 @@ async def compare_hashes(
         numbers = invoices["invoice_no"].to_pylist()
         comparison = await client.compare_invoices(dict(zip(numbers, content_hashes(invoices), strict=True)))
         return HashComparison(
-            frozenset(_numbers(comparison, "unchanged")), frozenset(_numbers(comparison, "different"))
+            frozenset(_numbers(comparison, "unchanged")),
+            frozenset(_numbers(comparison, "different")),
+            # A service from before the change feed names no deletion.
+            frozenset(_numbers(comparison, "deleted")) if "deleted" in comparison else frozenset(),
         )
 
     jobs = [partial(compare_batch, batch) for batch in plan.invoice_batches]
@@ -267,14 +275,19 @@ def not_compared(plan: PostingPlan) -> tuple[HashComparison, ...]:
 
 
 def refuse_corrections(comparisons: Sequence[HashComparison]) -> None:
-    """Raise `InvoiceConflictError` naming the invoices the service holds with other content, if any:
-    under `on_conflict="fail"` nothing has been stored yet, and nothing is."""
+    """Raise `InvoiceConflictError` naming the invoices the service holds with other content, and those
+    a client deleted from it, if any: under `on_conflict="fail"` no invoice has been stored yet, and
+    none is (a deleted invoice is not posted again unasked)."""
     different = sorted(number for comparison in comparisons for number in comparison.different)
-    if different:
-        shown = ", ".join(different[:5]) + (f" and {len(different) - 5} more" if len(different) > 5 else "")
-        raise InvoiceConflictError(
-            f"the service holds invoice(s) {shown} with other content; no invoice was stored; {REPLACE_HINT}"
-        )
+    deleted = sorted(number for comparison in comparisons for number in comparison.deleted)
+    if different or deleted:
+        what = [f"holds invoice(s) {_shown(different)} with other content"] if different else []
+        what += [f"had invoice(s) {_shown(deleted)} deleted by a client"] if deleted else []
+        raise InvoiceConflictError(f"the service {' and '.join(what)}; no invoice was stored; {REPLACE_HINT}")
+
+
+def _shown(numbers: Sequence[str]) -> str:
+    return ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
 
 
 @dataclass(frozen=True)
@@ -578,6 +591,15 @@ def content_hashes(invoices: pa.Table) -> list[str]:
         invoices["country"],
         invoices["lines"],
     )
+
+
+def _with_days(ordered: pa.Table, numbers: set[str]) -> set[tuple[str, dt.date]]:
+    """(invoice number, its day) of each of `numbers` in the posting order's lines."""
+    if not numbers:
+        return set()
+    rows = ordered.filter(pc.is_in(ordered["invoice_no"], value_set=pa.array(sorted(numbers), pa.string())))
+    pairs = rows.select(["invoice_no", "invoice_day"]).group_by(["invoice_no", "invoice_day"]).aggregate([])
+    return set(zip(pairs["invoice_no"].to_pylist(), pairs["invoice_day"].to_pylist(), strict=True))
 
 
 def _numbers(answer: Mapping[str, Any], key: str) -> list[str]:

@@ -26,7 +26,7 @@ from api import schemas
 from api.crud import common
 from api.errors import ConflictError, InvalidInputError, ServiceError
 from api.events import outbox
-from api.models import Customer, Invoice
+from api.models import Change, Customer, Invoice
 from retail_contract.content_hash import content_hash, money_text
 
 
@@ -351,7 +351,26 @@ def compare_invoice_hashes(session: Session, *, hashes: dict[str, str]) -> schem
             unchanged.append(invoice_no)
         else:
             different.append(invoice_no)
-    return schemas.InvoiceHashComparison(unchanged=unchanged, different=different, missing=missing)
+    deleted = deleted_invoices(session, missing)
+    return schemas.InvoiceHashComparison(
+        unchanged=unchanged,
+        different=different,
+        missing=[number for number in missing if number not in deleted],
+        deleted=sorted(deleted),
+    )
+
+
+def deleted_invoices(session: Session, invoice_nos: Sequence[str]) -> set[str]:
+    """Which of `invoice_nos` (none of them stored now) a client deleted: the change feed keeps each
+    deletion until retention removes it (docs/feed.md)."""
+    found: set[str] = set()
+    for first in range(0, len(invoice_nos), 1000):  # SQLite's bound parameters, in slices
+        chunk = invoice_nos[first : first + 1000]
+        statement = select(Change.resource_id).where(
+            Change.resource == "invoice", Change.kind == "deleted", Change.resource_id.in_(chunk)
+        )
+        found.update(session.scalars(statement))
+    return found
 
 
 def insert_invoice_headers(session: Session, headers: Sequence[dict[str, Any]]) -> set[str]:

@@ -33,7 +33,8 @@ def test_every_file_in_dags_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     parsed = sorted({Path(dag.fileloc).name for dag in dagbag.dags.values()})
     assert parsed == python_files
-    assert list(dagbag.dags) == ["retail_etl"]
+    # The daily ingest of a source, and the lake following the service's changes.
+    assert sorted(dagbag.dags) == ["retail_etl", "retail_sync"]
 
 
 def test_parsing_the_dag_imports_nothing_heavy() -> None:
@@ -104,8 +105,9 @@ def test_the_pool_exists_after_setup_and_a_missing_one_is_reported(airflow_db) -
     assert pool is not None and pool.slots == POOL_SLOTS
     # What the dag-processor would warn about on a stack whose init step did not create it.
     without = DagBag(dag_folder=str(DAGS_FOLDER), known_pools={"default_pool"})
-    assert [w.message for w in without.dag_warnings] == [
-        "Dag 'retail_etl' references non-existent pools: ['retail_api']"
+    assert sorted(w.message for w in without.dag_warnings) == [
+        f"Dag '{dag_id}' references non-existent pools: ['retail_api']"
+        for dag_id in ("retail_etl", "retail_sync")
     ]
     assert (
         DagBag(dag_folder=str(DAGS_FOLDER), known_pools={"default_pool", "retail_api"}).dag_warnings == set()
@@ -146,8 +148,17 @@ def test_params_are_optional_and_dates_are_validated(retail_dag) -> None:
 
     params = retail_dag.params
     assert set(params) == {
-        "start", "end", "source", "lake", "warehouse", "notify", "notify_exchange",
-        "date_format", "delimiter", "decimal", "on_conflict",
+        "start",
+        "end",
+        "source",
+        "lake",
+        "warehouse",
+        "notify",
+        "notify_exchange",
+        "date_format",
+        "delimiter",
+        "decimal",
+        "on_conflict",
     }
     assert {name: params[name] for name in params} == {**dict.fromkeys(params, None), "on_conflict": "fail"}
     on_conflict = params.get_param("on_conflict")

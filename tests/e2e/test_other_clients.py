@@ -11,7 +11,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from tests.api.helpers import invoice, line
-from tests.e2e.test_job import run_job_at
+from tests.e2e.test_job import assert_one_line_error, run_job_at
 from tests.support.service import live_service
 
 DAY = "2010-12-01"
@@ -57,3 +57,31 @@ def test_a_rerun_after_other_clients_wrote_to_its_day_succeeds_and_the_lake_show
         if row["customer_id"] == "17850"
     }
     assert countries == {"France"}
+
+
+def test_an_invoice_another_client_deleted_is_named_not_posted_again_unless_replacing(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    with live_service(sqlite_url) as service:
+        first = run_job_at(service.url, service.api_key, lake, "--start", DAY, "--end", DAY)
+        assert first.returncode == 0, first.stderr
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+            assert client.delete("/invoice/536370").status_code == 204
+
+            refused = run_job_at(service.url, service.api_key, lake, "--start", DAY, "--end", DAY)
+            assert refused.returncode == 3
+            error = assert_one_line_error(
+                refused.stderr, "536370", "deleted by a client", "--on-conflict replace"
+            )
+            assert "no invoice was stored" in error
+            assert client.get("/invoice/536370").status_code == 404  # not resurrected
+
+            replaced = run_job_at(
+                service.url, service.api_key, lake, "--start", DAY, "--end", DAY, "--on-conflict", "replace"
+            )
+            assert replaced.returncode == 0, replaced.stderr
+            assert client.get("/invoice/536370").status_code == 200
+    report = newest_report(lake)
+    assert report["replaced_invoices"] == ["536370"] and report["replaced_days"] == [DAY]
+    assert "536370" in set(pq.read_table(lake / "invoice_lines").column("invoice_no").to_pylist())

@@ -16,6 +16,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 UNSTAMPED = sa.text("position IS NULL")
+DELETED = sa.text("kind = 'deleted'")
 
 
 def upgrade() -> None:
@@ -47,6 +48,15 @@ def upgrade() -> None:
         postgresql_where=UNSTAMPED,
         sqlite_where=UNSTAMPED,
     )
+    # Which invoices a client deleted (`/bulk/invoices/compare` names them, so a source run does not post
+    # them again unasked): the deletions of the numbers asked about.
+    op.create_index(
+        "ix_change_feed_deleted",
+        "change_feed",
+        ["resource", "resource_id"],
+        postgresql_where=DELETED,
+        sqlite_where=DELETED,
+    )
     state = op.create_table(
         "change_feed_state",
         sa.Column("id", sa.Integer(), autoincrement=False),
@@ -62,6 +72,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop what `upgrade` created."""
     op.drop_table("change_feed_state")
+    op.drop_index("ix_change_feed_deleted", table_name="change_feed")
     op.drop_index("ix_change_feed_unstamped", table_name="change_feed")
     op.drop_index("ix_change_feed_position", table_name="change_feed")
     op.drop_table("change_feed")
