@@ -88,9 +88,13 @@ def test_compare_sorts_each_number_by_what_is_stored(client: TestClient) -> None
     other = "0" * 64
     response = client.post("/bulk/invoices/compare", json={"invoices": {"536365": stored, "536366": other}})
     assert response.status_code == 200, response.text
-    assert response.json() == {"unchanged": ["536365"], "different": [], "missing": ["536366"]}
+    assert response.json() == {"unchanged": ["536365"], "different": [], "missing": ["536366"], "deleted": []}
     response = client.post("/bulk/invoices/compare", json={"invoices": {"536365": other}})
-    assert response.json() == {"unchanged": [], "different": ["536365"], "missing": []}
+    assert response.json() == {"unchanged": [], "different": ["536365"], "missing": [], "deleted": []}
+    # A client deletes it: it is named as deleted, not missing, so a source run does not post it unasked.
+    assert client.delete("/invoice/536365").status_code == 204
+    response = client.post("/bulk/invoices/compare", json={"invoices": {"536365": stored, "536366": other}})
+    assert response.json() == {"unchanged": [], "different": [], "missing": ["536366"], "deleted": ["536365"]}
 
 
 @pytest.mark.parametrize(
