@@ -103,6 +103,33 @@ def _optional_setting(value: str | None, variable: str, env: str) -> str | None:
     return str(resolved) if resolved else None
 
 
+def _destination_params() -> dict[str, Param]:
+    """The params both DAGs take for where the data go (new objects per DAG: a run writes its values into
+    its DAG's Params)."""
+    return {
+        "lake": Param(
+            None,
+            type=["null", "string"],
+            title="Lake root",
+            description="Path or object-store URL. Empty: Variable retail_lake, else env RETAIL_LAKE.",
+        ),
+        "warehouse": Param(
+            None,
+            type=["null", "string"],
+            title="Warehouse",
+            description="DuckDB file (path or duckdb:///path) or postgresql:// URL that receives each day"
+            " after the lake. Empty: Variable retail_warehouse, else env RETAIL_WAREHOUSE_URL, else none.",
+        ),
+        "notify": Param(
+            None,
+            type=["null", "string"],
+            title="Notify",
+            description="amqp:// URL of the broker that hears of each day written. Empty: Variable"
+            " retail_notify, else env RETAIL_NOTIFY_URL, else no message.",
+        ),
+    }
+
+
 @contextmanager
 def _fail_without_retry() -> Iterator[None]:
     """A bad source, a reconciliation difference, a misnamed destination or unusable params stay the
@@ -149,26 +176,7 @@ def _fail_without_retry() -> Iterator[None]:
             title="Source",
             description="Path or URL of the source. Empty: Variable retail_source, else env RETAIL_SOURCE.",
         ),
-        "lake": Param(
-            None,
-            type=["null", "string"],
-            title="Lake root",
-            description="Path or object-store URL. Empty: Variable retail_lake, else env RETAIL_LAKE.",
-        ),
-        "warehouse": Param(
-            None,
-            type=["null", "string"],
-            title="Warehouse",
-            description="DuckDB file (path or duckdb:///path) or postgresql:// URL that receives each day"
-            " after the lake. Empty: Variable retail_warehouse, else env RETAIL_WAREHOUSE_URL, else none.",
-        ),
-        "notify": Param(
-            None,
-            type=["null", "string"],
-            title="Notify",
-            description="amqp:// URL of the broker that hears of each day written. Empty: Variable"
-            " retail_notify, else env RETAIL_NOTIFY_URL, else no message.",
-        ),
+        **_destination_params(),
         "notify_exchange": Param(
             None,
             type=["null", "string"],
@@ -356,28 +364,7 @@ retail_etl()
     max_active_runs=1,
     dagrun_timeout=dt.timedelta(hours=2),
     default_args=DEFAULT_ARGS,
-    params={
-        "lake": Param(
-            None,
-            type=["null", "string"],
-            title="Lake root",
-            description="Path or object-store URL. Empty: Variable retail_lake, else env RETAIL_LAKE.",
-        ),
-        "warehouse": Param(
-            None,
-            type=["null", "string"],
-            title="Warehouse",
-            description="Rewrite the changed days there too. Empty: Variable retail_warehouse, else env"
-            " RETAIL_WAREHOUSE_URL, else none.",
-        ),
-        "notify": Param(
-            None,
-            type=["null", "string"],
-            title="Notify",
-            description="amqp:// URL that hears of each changed day. Empty: Variable retail_notify, else env"
-            " RETAIL_NOTIFY_URL, else no message.",
-        ),
-    },
+    params=_destination_params(),
     tags=["retail", "sync"],
 )
 def retail_sync() -> None:
