@@ -25,6 +25,10 @@ batches, read back from the service, written whole by the lake's commit protocol
   sync) is taken over.
 - **Rejects** come from source files, not from the service: a sync keeps each day's rejects as the lake
   has them.
+- **History** (`etl.history`): every change read is kept in `<lake>/changes/`, and the customers with
+  their versions in `<lake>/customer_history/`; both are written again the same way by a rerun from the
+  same cursor. An analyst can ask what an invoice held, or where a customer was, at any time since the
+  lake's first sync (docs/lake.md).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import pyarrow.compute as pc
 
 from etl.client import RetailClient
 from etl.errors import CursorExpiredError, LakeError, ReconciliationError, SyncBusyError
+from etl.history import CustomerHistory, keep_changes
 from etl.lake import committed_files, filesystem, put_if_absent, read_lake_table, write_lake
 from etl.lake.storage import put_whole
 from etl.metrics import grouping_key, push_run_metrics
@@ -149,6 +154,9 @@ class _Sync:
         self.report = report
         self.stages = stages
         self.fs = fs
+        self.base = base
+        self.history = CustomerHistory(fs, base)
+        self.snapshot_at: dt.datetime | None = None
         self.state_path = f"{base}/{SYNC_DIR}/state.json"
         self.days_written: set[dt.date] = set()
         report.sync = {
@@ -176,6 +184,7 @@ class _Sync:
                         break
                     days = found.days | await self._customer_days(found.customers)
                     await self._rewrite(client, sorted(days), after=found.cursor)
+                    self.history.save()
                     cursor = found.cursor
                     self._save_cursor(cursor)
                     self.report.sync["changes"] += found.changes
@@ -191,7 +200,10 @@ class _Sync:
         head = await client.get_change_head()
         cursor = str(head["cursor"])
         in_service = {dt.date.fromisoformat(day["invoice_day"]) for day in await client.get_invoice_days()}
+        self.snapshot_at = dt.datetime.now(dt.UTC)
         await self._rewrite(client, sorted(in_service | self._lake_days()), after=cursor)
+        self.snapshot_at = None
+        self.history.save()
         self._save_cursor(cursor)
         self.report.sync["snapshot"] = {"why": why, "cursor": cursor}
         return cursor
@@ -202,6 +214,8 @@ class _Sync:
         with self.stages.stage("read changes") as counts:
             while found.changes < MAX_CHANGES_PER_ROUND:
                 page = await client.get_changes(found.cursor, CHANGES_PER_PAGE)
+                keep_changes(self.fs, self.base, page["changes"])
+                self.history.apply(page["changes"])
                 for change in page["changes"]:
                     for key in ("invoice_day", "previous_invoice_day"):
                         if change.get(key):
@@ -240,6 +254,8 @@ class _Sync:
                 )
                 counts["lines_read_back"] = snapshot.lines.num_rows
                 self.stages.observer.advanced("read back", snapshot.lines.num_rows)
+                if self.snapshot_at is not None:
+                    self.history.seed(snapshot.customers, self.snapshot_at)
             with self.stages.stage("write lake") as counts:
                 # Rejects come from source files, which a sync does not read: each day keeps its own.
                 rejects = read_lake_table(

@@ -29,5 +29,10 @@ RUNS_DIR = "_runs"
 WORK_DIR = "_work"
 #: The DAG's staged sources, `<key>/manifest.json`.
 STAGING_DIR = "_staging"
+#: The service's changes as `retail-etl sync` read them: append-only, one file per feed page,
+#: `changes/part-<first position, 20 digits>.parquet` (not partitioned by day).
+CHANGES_DIR = "changes"
+#: The customers with their versions (`etl.history`), `customer_history/part-0.parquet`.
+CUSTOMER_HISTORY_DIR = "customer_history"
 #: `retail-etl sync`'s state (`state.json`: the feed's cursor the lake holds) and its lock.
 SYNC_DIR = "_sync"

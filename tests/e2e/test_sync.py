@@ -6,6 +6,8 @@ the lake on disk. The lake is checked against what the service answers over HTTP
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +27,11 @@ from tests.support.job import ROOT
 from tests.support.service import LiveService, live_service
 
 DAY = "2010-12-01"
+
+_spec = importlib.util.spec_from_file_location("history_example", ROOT / "docs" / "examples" / "history.py")
+assert _spec is not None and _spec.loader is not None
+history = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(history)
 TABLES = ("invoice_lines", "invoices", "customers", "rejects")
 
 
@@ -149,6 +156,56 @@ def test_the_lake_follows_every_clients_changes(service: LiveService, tmp_path: 
     assert held[("536366", 1)][4] == "2010-12-02"
     assert lake_countries(lake)["17850"] == {"France"}
     assert report["reconciliation"]["service"]["ok"] is True
+
+    # The history: each change as the feed delivered it, in commit order, its content after the change.
+    kept = pq.read_table(lake / "changes").sort_by("position").to_pylist()
+    assert [(c["resource"], c["kind"], c["id"]) for c in kept] == [
+        ("invoice", "created", "999001"),
+        ("customer", "patched", "17850"),
+        ("invoice", "deleted", "536370"),
+        ("line", "created", "536365/22633"),
+        ("invoice", "replaced", "536366"),
+    ]
+    assert json.loads(kept[1]["content"])["country"] == "France" and kept[2]["content"] is None
+    assert [str(c["invoice_day"]) for c in kept[4:]] == ["2010-12-02"]
+    assert str(kept[4]["previous_invoice_day"]) == DAY
+
+    # The customers' history: the version the first sync saw, closed by the patch, and the current one.
+    versions = pq.read_table(lake / "customer_history").to_pylist()
+    mine = sorted((v for v in versions if v["customer_id"] == "17850"), key=lambda v: v["valid_to"] is None)
+    assert [(v["country"], v["valid_from"] is None, v["valid_to"] is None) for v in mine] == [
+        ("United Kingdom", True, False),
+        ("France", False, True),
+    ]
+    assert mine[0]["valid_to"] == mine[1]["valid_from"] == kept[1]["committed_at"]
+    assert mine[0]["valid_to_position"] == mine[1]["position"] == kept[1]["position"]
+
+    # docs/lake.md's two questions, as docs/examples/history.py asks them, in DuckDB and in pandas.
+    created_at, replaced_at = kept[0]["committed_at"], kept[4]["committed_at"]
+    for as_of, country_when_made in (
+        (history.invoice_as_of_duckdb, history.country_when_made_duckdb),
+        (history.invoice_as_of_pandas, history.country_when_made_pandas),
+    ):
+        before = as_of(str(lake), "536366", replaced_at - dt.timedelta(microseconds=1))
+        assert before is None  # 536366 came with the first sync's snapshot: no change of it before
+        after = as_of(str(lake), "536366", replaced_at)
+        assert after is not None and after["invoice_day"] == "2010-12-02"
+        assert as_of(str(lake), "536370", dt.datetime.now(dt.UTC)) is None  # deleted
+        assert as_of(str(lake), "999001", created_at)["invoice_no"] == "999001"
+        # 999001 was made before the customer moved to France.
+        assert country_when_made(str(lake), "17850", "999001") == "United Kingdom"
+
+    # A sync killed after keeping the changes, before saving its cursor: the rerun reads them again and
+    # keeps them once.
+    state_path = lake / "_sync" / "state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "cursor": report["sync"]["cursor_before"]}))
+    again = sync(service, lake)
+    assert again.returncode == 0, again.stderr
+    assert last_report(lake)["sync"]["changes"] == 5
+    assert pq.read_table(lake / "changes").num_rows == 5
+    assert pq.read_table(lake / "customer_history").to_pylist() == versions
+    assert lake_lines(lake) == service_lines(service)
 
     # Nothing changed since: a sync reads no change and writes nothing.
     before = table_files(lake)
