@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY retail_contract ./retail_contract
 COPY api ./api
 COPY etl ./etl
-RUN pip install .
+RUN pip install ".[service]"
 
 USER retail
 EXPOSE 8000

@@ -231,10 +231,34 @@ def test_the_airflow_image_install_imports_the_dag_and_the_job(tmp_path: Path) -
     assert result.stdout.strip().splitlines()[-1] == "retail_etl retail_sync", result.stdout[-3000:]
 
 
+def test_the_jobs_own_install_has_no_web_stack_and_runs_the_job(tmp_path: Path) -> None:
+    """`pip install <project>` with no extra: the job's set (the command line, the DAG's tasks). The
+    service's web stack is not installed, and the job validates the sample without it."""
+    package = tmp_path / "project"
+    for name in ("pyproject.toml", "README.md", "retail_contract", "api", "etl"):
+        _copy(REPO_ROOT / name, package / name)
+    bin_dir = fresh_venv(tmp_path / "venv", [str(package)])
+    env = isolated_env(RETAIL_CACHE_DIR=str(tmp_path / "cache"))
+    missing = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import importlib.util as u; print([m for m in "
+         "('fastapi', 'starlette', 'uvicorn', 'alembic', 'jwt') if u.find_spec(m)])"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout.strip() == "[]", missing.stdout
+    dry = subprocess.run(
+        [str(bin_dir / "retail-etl"), "run", "--dry-run", "--source", str(REPO_ROOT / "sample_data" /
+         "online_retail_sample.csv"), "--lake", str(tmp_path / "lake")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "dry run" in dry.stdout
+
+
 def test_the_install_lines_are_read_from_the_dockerfiles(tmp_path: Path) -> None:
     """The helper resolves the images' paths and build arguments: what the two tests above install."""
     service = dockerfile_install(REPO_ROOT / "Dockerfile", REPO_ROOT, tmp_path / "service")
-    assert service == [str(tmp_path / "service" / "app")]
+    assert service == [f"{tmp_path / 'service' / 'app'}[service]"]
     assert (tmp_path / "service" / "app" / "pyproject.toml").is_file()
     assert (tmp_path / "service" / "app" / "api" / "main.py").is_file()
     airflow = dockerfile_install(REPO_ROOT / "Dockerfile.airflow", REPO_ROOT, tmp_path / "airflow")
