@@ -42,6 +42,7 @@ from etl.lake import (
     write_lake,
     write_run_report,
 )
+from etl.memory import release_free_heap
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
@@ -468,6 +469,7 @@ class _BatchRun:
             counts["lines_written"] = written.rows.get("invoice_lines", 0)
             stages.observer.advanced("write lake", source_lines.num_rows)
         deliver_days(config, report, stages, days)
+        release_free_heap()  # what the batch freed: the next batch starts from the same footprint
 
     def _checked(self, label: str, check: ReconcileReport, expected: pa.Table, found: pa.Table) -> None:
         """Add a batch's check to the run's, and fail on a difference."""

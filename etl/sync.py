@@ -56,6 +56,7 @@ from etl.errors import CursorExpiredError, LakeError, ReconciliationError, SyncB
 from etl.history import CustomerHistory, keep_changes
 from etl.lake import committed_files, filesystem, put_if_absent, read_lake_table, write_lake
 from etl.lake.storage import put_whole
+from etl.memory import release_free_heap
 from etl.metrics import grouping_key, push_run_metrics
 from etl.pipeline import (
     LogObserver,
@@ -278,6 +279,7 @@ class _Sync:
             # A sync's days are corrections of what the destinations had: replaced, not added.
             self.report.replaced_days = sorted({*self.report.replaced_days, *(d.isoformat() for d in batch)})
             deliver_days(config, self.report, self.stages, batch)
+            release_free_heap()
 
     async def _check(self, client: RetailClient, days: Sequence[dt.date], after: str) -> None:
         """The lake's figures of `days` against the service's; a day that differs fails the sync unless

@@ -53,7 +53,7 @@ from retail_contract.limits import (
 )
 from retail_contract.wire import PRICE_TYPE
 
-__all__ = ["validate"]
+__all__ = ["invoice_numbers", "validate", "validate_with_rows"]
 
 # decimal128(12, 3) holds 9 integer digits: |price| < 1e9.
 _PRICE_INTEGER_DIGITS = PRICE_TYPE.precision - PRICE_TYPE.scale
@@ -78,7 +78,16 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     before anything is rejected or filtered, so it is the same in every run. Only rows whose invoice
     day is in `days` are returned; rejects without a parseable day are always returned. Both tables
     keep source order.
+
+    The rules that look across rows see only an invoice's own rows, so any set of whole invoices can
+    be validated apart from the rest (`etl.staging` validates a large source that way).
     """
+    return validate_with_rows(raw, days)[0]
+
+
+def validate_with_rows(raw: RawSource, days: DayRange) -> tuple[ValidatedSource, pa.Array]:
+    """`validate`, and the `source_row` of each line (the rejects carry theirs): where each line
+    stands in the whole source, when `raw` is a part of it."""
     source = _source_table(raw.table)
     date_format, decimal = raw.dialect.date_format, raw.dialect.decimal
     if days.start is not None or days.end is not None:
@@ -88,7 +97,7 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     text: dict[str, pa.Array] = {c: source.column(c).combine_chunks() for c in SOURCE_COLUMNS}
     stripped = {c: pc.utf8_trim_whitespace(text[c]) for c in SOURCE_COLUMNS if c != "Description"}
 
-    invoice_no = _invoice_numbers(stripped["InvoiceNo"])
+    invoice_no = invoice_numbers(stripped["InvoiceNo"])
     stock_code = stripped["StockCode"]
     description = text["Description"]
     country = stripped["Country"]
@@ -168,7 +177,8 @@ def validate(raw: RawSource, days: DayRange) -> ValidatedSource:
     all_days = lines.column("invoice_day").chunks + rejects.column("invoice_day").chunks
     present = pc.unique(pa.chunked_array(all_days, type=pa.date32()))
     day_list: list[dt.date] = sorted(d for d in present.to_pylist() if d is not None)
-    return ValidatedSource(lines=lines, rejects=rejects, days=tuple(day_list))
+    line_source_rows = source.column("source_row").combine_chunks().take(line_rows)
+    return ValidatedSource(lines=lines, rejects=rejects, days=tuple(day_list)), line_source_rows
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def _rows_of_invoices_in(source: pa.Table, days: DayRange, date_format: DateForm
     Everything else cannot reach the output, so a one-day run validates ~2,000 rows, not the whole
     file. An invoice's rows all stay: its line numbers and its consistency checks need all of them.
     """
-    invoice_no = _invoice_numbers(pc.utf8_trim_whitespace(source.column("InvoiceNo").combine_chunks()))
+    invoice_no = invoice_numbers(pc.utf8_trim_whitespace(source.column("InvoiceNo").combine_chunks()))
     _, invoice_day, date_ok = _invoice_date(
         pc.utf8_trim_whitespace(source.column("InvoiceDate").combine_chunks()), date_format
     )
@@ -210,7 +220,7 @@ def _rows_of_invoices_in(source: pa.Table, days: DayRange, date_format: DateForm
     return source.filter(pa.array(keep))
 
 
-def _invoice_numbers(stripped: pa.Array) -> pa.Array:
+def invoice_numbers(stripped: pa.Array) -> pa.Array:
     """Invoice numbers as text, with a spreadsheet's float spelling ("536365.0") undone."""
     if not pc.any(pc.match_substring(stripped, ".")).as_py():
         return stripped  # the usual case: no number has a dot, and the regex would copy every one

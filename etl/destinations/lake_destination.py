@@ -142,17 +142,12 @@ class LakeDestination:
         if self.undated_rejects is not None:
             return self.undated_rejects.cast(REJECT_SCHEMA)
         fs, base = filesystem(self.root, self.storage_options)
-        path = (
-            f"{base}/rejects/{PARTITION_COLUMN}={DEFAULT_PARTITION}"
-            f"/part-{self._fingerprint()}.parquet"
-        )
+        path = f"{base}/rejects/{PARTITION_COLUMN}={DEFAULT_PARTITION}/part-{self._fingerprint()}.parquet"
         data = _read_bytes(fs, path, self.root)
         if data is None:
             return REJECT_SCHEMA.empty_table()
         rows = pq.read_table(pa.BufferReader(data))
-        return rows.append_column(PARTITION_COLUMN, pa.nulls(rows.num_rows, pa.date32())).cast(
-            REJECT_SCHEMA
-        )
+        return rows.append_column(PARTITION_COLUMN, pa.nulls(rows.num_rows, pa.date32())).cast(REJECT_SCHEMA)
 
 
 def _read_bytes(fs: Any, path: str, root: str) -> bytes | None:

@@ -251,9 +251,7 @@ def commit_manifest(
         fs.pipe_file(path, body)
 
 
-def adopt(
-    fs: fsspec.AbstractFileSystem, base: str, plan: UnitPlan, uncommitted: set[str]
-) -> UnitPlan | None:
+def adopt(fs: fsspec.AbstractFileSystem, base: str, plan: UnitPlan, uncommitted: set[str]) -> UnitPlan | None:
     """After a lost commit: the plan of the unit's current commit if it holds exactly this write's
     rows (this write's own objects for it are then deleted), else None."""
     current = read_manifests(fs, base, [plan.unit.key]).get(plan.unit.key)

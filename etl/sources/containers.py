@@ -104,7 +104,7 @@ def _read_zip(data: bytes, name: str, options: SourceOptions, *, depth: int) -> 
         members = archive.namelist()
         if "xl/workbook.xml" in members:  # the zip *is* an .xlsx workbook
             return read_workbook(data, name)
-        member = _pick_member(archive, name)
+        member = pick_member(archive, name)
         inner_name = f"{name} [{member}]"
         try:
             inner = archive.read(member)
@@ -114,7 +114,7 @@ def _read_zip(data: bytes, name: str, options: SourceOptions, *, depth: int) -> 
     return read_bytes(inner, inner_name, options, depth=_nested(depth, name)).wrapped("+zip")
 
 
-def _pick_member(archive: zipfile.ZipFile, name: str) -> str:
+def pick_member(archive: zipfile.ZipFile, name: str) -> str:
     """The one data file of the archive, ignoring directories and macOS/hidden clutter."""
     files = [
         info.filename

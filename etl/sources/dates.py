@@ -24,11 +24,18 @@ _DAY_MONTH = r"^(?P<first>\d{1,2})(?P<sep>[/.-])(?P<second>\d{1,2})[/.-]\d{4}(?:
 def detect_date_format(dates: pa.ChunkedArray | pa.Array, source: str) -> DateFormat:
     """The date format of the column `dates` (the source's `InvoiceDate` text). Raises `SourceError`
     (one line) when day-first and month-first values contradict each other, or when no value tells."""
-    if _all_iso_like(dates):
+    if all_iso_like(dates):
         return ISO_DATES.because("ISO dates")  # no day/month date to decide about: the usual case
     counted = pc.value_counts(dates)
-    values = pc.utf8_trim_whitespace(counted.field("values"))
-    rows = counted.field("counts").to_numpy(zero_copy_only=False).astype(np.int64)
+    return decide_date_format(counted.field("values"), counted.field("counts"), source)
+
+
+def decide_date_format(values: pa.Array, counts: pa.Array, source: str) -> DateFormat:
+    """`detect_date_format` over distinct texts and how many rows hold each: a source read in blocks
+    counts each block's dates and decides once, at the end, from the merged counts. Blocks whose every
+    date is ISO (`all_iso_like`) may be left out: an ISO date never counts for either order."""
+    values = pc.utf8_trim_whitespace(values)
+    rows = counts.to_numpy(zero_copy_only=False).astype(np.int64)
     parts = pc.extract_regex(values, _DAY_MONTH)
     matched = _mask(pc.is_valid(parts))
     if not matched.any():
@@ -60,7 +67,7 @@ def detect_date_format(dates: pa.ChunkedArray | pa.Array, source: str) -> DateFo
     return DateFormat("dmy", separator, "detected: day and month are equal in every date")
 
 
-def _all_iso_like(dates: pa.ChunkedArray | pa.Array) -> bool:
+def all_iso_like(dates: pa.ChunkedArray | pa.Array) -> bool:
     """Whether every value has `-` at characters 5 and 8, as `2010-12-01` has and no `D-M-YYYY`,
     `D/M/YYYY` or `D.M.YYYY` date can: one vector look at the text buffers (~2 ms for the full data
     set), instead of counting its distinct values. False sends the source to the full decision."""

@@ -31,10 +31,10 @@ _DOWNLOAD_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _CHUNK = 1024 * 1024
 
 
-def source_bytes(source: str, cache_dir: Path | None = None) -> bytes:
-    """The content of `source` (a local path, a `file:` URL or an http(s) URL, downloaded into
-    `cache_dir`, default `~/.cache/retail-etl`, once). Raises `SourceError` naming the source when it
-    is missing, a directory, unreadable, or cannot be downloaded."""
+def source_path(source: str, cache_dir: Path | None = None) -> Path:
+    """The local file that holds `source` (a local path, a `file:` URL, or an http(s) URL, downloaded
+    into `cache_dir`, default `~/.cache/retail-etl`, once). Raises `SourceError` naming the source when
+    it is missing, a directory, or cannot be downloaded."""
     scheme = urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
         path = _download(source, (cache_dir or DEFAULT_CACHE_DIR).expanduser())
@@ -47,6 +47,13 @@ def source_bytes(source: str, cache_dir: Path | None = None) -> bytes:
         raise SourceError(f"{source}: file not found")
     if path.is_dir():
         raise SourceError(f"{source}: is a directory, not a data file")
+    return path
+
+
+def source_bytes(source: str, cache_dir: Path | None = None) -> bytes:
+    """The content of `source` (see `source_path`). Raises `SourceError` naming the source when it is
+    missing, a directory, unreadable, or cannot be downloaded."""
+    path = source_path(source, cache_dir)
     try:
         return path.read_bytes()
     except OSError as exc:

@@ -28,8 +28,16 @@ def detect_decimal(prices: pa.ChunkedArray | pa.Array, source: str) -> tuple[str
         # The usual case, settled by one scan: no comma at all, so nothing to decide.
         return ".", "detected: no price has a decimal comma"
     counted = pc.value_counts(prices)
-    values = pc.utf8_trim_whitespace(counted.field("values"))
-    rows = counted.field("counts").to_numpy(zero_copy_only=False).astype(np.int64)
+    return decide_decimal(counted.field("values"), counted.field("counts"), source)
+
+
+def decide_decimal(values: pa.Array, counts: pa.Array, source: str) -> tuple[str, str]:
+    """`detect_decimal` over distinct texts and how many rows hold each (a source read in blocks merges
+    its blocks' counts and decides once)."""
+    if not holds_any(values, b","):
+        return ".", "detected: no price has a decimal comma"
+    values = pc.utf8_trim_whitespace(values)
+    rows = counts.to_numpy(zero_copy_only=False).astype(np.int64)
     point = _mask(pc.match_substring_regex(values, _POINT_DECIMAL))
     comma = _mask(pc.match_substring_regex(values, _COMMA_DECIMAL))
     if point.any() and comma.any():

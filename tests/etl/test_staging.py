@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from etl.dialect import SourceOptions
 from etl.load import load_source
 from etl.schema import DayRange, ValidatedSource
-from etl.staging import STAGING_DIR, staged_days, staging_key
+from etl.staging import ROWS_IN_MEMORY, STAGING_DIR, stage_source, staged_days, staging_key
 from etl.validate import validate
 from tests.etl.conftest import SAMPLE_CSV as SAMPLE
 
@@ -47,7 +48,12 @@ def _ranges(days: tuple[dt.date, ...]) -> list[DayRange]:
 
 
 @pytest.mark.parametrize("content", ["sample", "mixed"])
-def test_every_day_and_range_is_what_validating_the_source_gives(content: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rows_in_memory", [ROWS_IN_MEMORY, 1_000, 3])
+def test_every_day_and_range_is_what_validating_the_source_gives(
+    content: str, rows_in_memory: int, tmp_path: Path
+) -> None:
+    # A source larger than `rows_in_memory` is validated a group of whole invoices at a time and merged
+    # by day: exactly the rows of validating it whole.
     source = SAMPLE if content == "sample" else tmp_path / "mixed.csv"
     if content == "mixed":
         source.write_text(MIXED)
@@ -58,7 +64,7 @@ def test_every_day_and_range_is_what_validating_the_source_gives(content: str, t
         assert None in everything.rejects.column("invoice_day").to_pylist()
     lake = str(tmp_path / "lake")
     for days in _ranges(everything.days):
-        staged = staged_days(str(source), lake, days)
+        staged = staged_days(str(source), lake, days, rows_in_memory=rows_in_memory)
         _assert_same(staged.validated, validate(raw, days))
     assert staged.dialect == raw.dialect.describe()
     assert staged.source_rows == raw.num_rows
@@ -149,3 +155,13 @@ def test_the_staging_on_s3(s3_server: Any, tmp_path: Path) -> None:
         _assert_same(staged.validated, validate(raw, days))
     assert first.staging == "built"
     assert isinstance(first.validated.lines, pa.Table)
+
+
+def test_a_source_larger_than_memory_is_spilled_and_grouped_by_whole_invoices(tmp_path: Path) -> None:
+    everything = validate(load_source(str(SAMPLE)), DayRange())
+    staging = stage_source(str(SAMPLE), str(tmp_path / "lake"), rows_in_memory=500)
+    # 8,326 rows in groups of at most ~500: many groups, one staging equal to validating it whole.
+    assert staging.manifest["lines"] == everything.lines.num_rows
+    assert staging.manifest["rejects"] == everything.rejects.num_rows
+    _assert_same(staging.read(DayRange()), everything)
+    assert staging.lines_per_day() == Counter(everything.lines.column("invoice_day").to_pylist())
