@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import httpx
 import pytest
 
 from tests.support.job import SAMPLE
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "stack" / "stack.py"
@@ -30,20 +29,6 @@ def missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy (returned); fail saying `what` after `timeout`.
-
-    A bound on a wait, not an assertion on time: the tests assert what happened, never how fast."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 @dataclass
