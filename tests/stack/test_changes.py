@@ -1,5 +1,5 @@
 """The change feed through the stack (issue 28): the `retail_sync` DAG on the Celery workers brings other
-clients' writes through nginx into the S3 lake, row for row.
+clients' writes through nginx into the S3 lake, row for row; the feed's WebSocket works through nginx.
 
 The writes touch only 2011-08-12 (and the day one invoice moves to) and customers with invoices on that
 day only: the other stack tests work on DAYS (2010-12-01/02) and compare their lakes with a reference.
@@ -16,6 +16,8 @@ import fsspec
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from etl.lake import read_lake_table
 from tests.api.helpers import invoice, line
@@ -199,3 +201,44 @@ def test_the_sync_dag_on_the_celery_workers_brings_other_clients_writes_into_the
     feed = feed_after(stack, cursor)
     assert [c["position"] for c in kept] == [c["position"] for c in feed]
     assert [(c["resource"], c["kind"], c["id"]) for c in kept] == writes
+
+
+def test_the_change_stream_through_nginx_sends_new_changes_and_resumes_from_a_cursor(stack: Stack) -> None:
+    base = stack.url("nginx").replace("http://", "ws://")
+    customer = f"ws-{secrets.token_hex(4)}"
+    with nginx(stack) as client:
+        head = client.get("/changes/head").json()["cursor"]
+        with connect(f"{base}/changes/stream?after={head}", additional_headers=key(stack)) as stream:
+            assert stream.response.status_code == 101
+            upstreams = {f"127.0.0.1:{stack.state['ports'][r]}" for r in ("api-1", "api-2")}
+            assert stream.response.headers["X-Retail-Upstream"] in upstreams
+            # A change made through nginx after connecting arrives without asking.
+            created = client.post("/customer", json={"customer_id": customer, "country": "Spain"})
+            assert created.status_code == 201, created.text
+            change = json.loads(stream.recv(timeout=30))
+            assert (change["resource"], change["kind"], change["id"]) == ("customer", "created", customer)
+            assert change["content"] == {"customer_id": customer, "country": "Spain"}
+        # Disconnected; a change meanwhile; resuming from the last position gives it, and only it.
+        assert client.patch(f"/customer/{customer}", json={"country": "Portugal"}).status_code == 200
+        with connect(
+            f"{base}/changes/stream?after={change['position']}", additional_headers=key(stack)
+        ) as stream:
+            assert stream.response.status_code == 101
+            resumed = json.loads(stream.recv(timeout=30))
+            assert (resumed["position"], resumed["kind"], resumed["id"]) == (
+                change["position"] + 1,
+                "patched",
+                customer,
+            )
+            # Then what commits next, and nothing in between.
+            assert client.delete(f"/customer/{customer}").status_code == 204
+            deleted = json.loads(stream.recv(timeout=30))
+            assert (deleted["position"], deleted["kind"], deleted["content"]) == (
+                resumed["position"] + 1,
+                "deleted",
+                None,
+            )
+        # Without a key, nginx passes the refusal on as HTTP.
+        with pytest.raises(InvalidStatus) as refused, connect(f"{base}/changes/stream?after=0"):
+            pass
+        assert refused.value.response.status_code == 401
