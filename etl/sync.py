@@ -21,8 +21,10 @@ batches, read back from the service, written whole by the lake's commit protocol
   own (`GET /invoice-days`, computed by its database). A day that differs fails the sync (exit 4),
   unless a change to it committed after the ones read: then it is rewritten in the next round.
 - **One at a time**: `<lake>/_sync/lock`, taken with a conditional create and held for a lease; a
-  second sync exits at once with exit 0 and says who holds it. A lock older than its lease (a killed
-  sync) is taken over.
+  second sync exits at once with exit 0 and says who holds it. The lock names its holder's host, PID
+  namespace and pid: a sync killed without releasing it (SIGKILL, OOM, a lost Celery worker) is taken
+  over at once by the next sync on the same host that finds that process gone; from elsewhere (another
+  machine or container, which cannot see the process) it is taken over when its lease is over.
 - **Rejects** come from source files, not from the service: a sync keeps each day's rejects as the lake
   has them.
 - **History** (`etl.history`): every change read is kept in `<lake>/changes/`, and the customers with
@@ -411,25 +413,32 @@ def _describe(figures: DayFigures | None) -> str:
 @contextlib.contextmanager
 def _lock(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[None]:
     """Hold the lake's sync lock for the block; `SyncBusyError` when another sync holds it."""
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    body = json.dumps({"owner": owner, "since": time.time(), "lease_seconds": LOCK_LEASE_SECONDS}).encode()
+    me = _this_process()
+    owner = f"{me['host']}:{me['pid']}:{uuid.uuid4().hex[:8]}"
+    body = json.dumps(
+        {"owner": owner, **me, "since": time.time(), "lease_seconds": LOCK_LEASE_SECONDS}
+    ).encode()
     with contextlib.suppress(OSError):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if not put_if_absent(fs, path, body):
         holder = _holder(fs, path)
-        if holder is not None and time.time() - float(holder.get("since", 0)) < float(
+        expired = holder is None or time.time() - float(holder.get("since", 0)) >= float(
             holder.get("lease_seconds", LOCK_LEASE_SECONDS)
-        ):
+        )
+        if holder is not None and not expired and not _holder_is_gone(holder, me):
             since = dt.datetime.fromtimestamp(float(holder["since"]), dt.UTC).isoformat(timespec="seconds")
             raise SyncBusyError(
                 f"another sync ({holder.get('owner')}) holds the lake since {since}: nothing done"
             )
-        # A sync killed without releasing the lock: its lease is over, take it over.
-        log.warning("taking over an expired sync lock", extra={"holder": holder})
+        # A sync killed without releasing the lock: its lease is over, or (on this host) its process
+        # is gone. Take it over.
+        why = "its lease is over" if expired else "its process is gone"
+        holder_name = holder.get("owner") if holder is not None else "an unreadable lock"
+        log.warning("taking over the sync lock of %s: %s", holder_name, why, extra={"holder": holder})
         with contextlib.suppress(FileNotFoundError):
             fs.rm(path)
         if not put_if_absent(fs, path, body):
-            raise SyncBusyError("another sync took the lake's expired lock first: nothing done")
+            raise SyncBusyError("another sync took over the lake's stale lock first: nothing done")
     try:
         yield
     finally:
@@ -437,6 +446,52 @@ def _lock(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[None]:
         if holder is not None and holder.get("owner") == owner:
             with contextlib.suppress(OSError):
                 fs.rm(path)
+
+
+def _this_process() -> dict[str, Any]:
+    """What the lock says of its holder: its host, PID namespace (None where there is none to read) and
+    pid. Two containers may share a host name (`network_mode: host`) but not a PID namespace."""
+    try:
+        namespace: str | None = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = None
+    return {"host": socket.gethostname(), "pid_namespace": namespace, "pid": os.getpid()}
+
+
+def _holder_is_gone(holder: Mapping[str, Any], me: Mapping[str, Any]) -> bool:
+    """Whether the lock's holder is a process of this host and PID namespace that no longer runs (it
+    was killed without releasing the lock). A holder elsewhere, or a lock of an earlier job version
+    that does not say where it runs, is never judged gone: its lease decides."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or "host" not in holder or "pid_namespace" not in holder:
+        return False
+    if (holder["host"], holder["pid_namespace"]) != (me["host"], me["pid_namespace"]):
+        return False
+    if pid == me["pid"]:
+        return False  # this very process: alive (a lock it did not release is not another's)
+    return _process_gone(pid)
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs here (an exited one its parent has not reaped yet counts as gone)."""
+    if os.name != "posix":
+        return False  # no safe way to ask here: the lease decides
+    if os.path.isdir("/proc/self"):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - read whole at once
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it runs, as another user
+        return False
+    return False
 
 
 def _holder(fs: fsspec.AbstractFileSystem, path: str) -> Mapping[str, Any] | None:

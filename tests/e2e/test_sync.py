@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,10 @@ import pytest
 
 from tests.api.helpers import invoice, line
 from tests.e2e.test_job import assert_one_line_error, run_job_at
-from tests.support.job import ROOT
+from tests.support.job import ROOT, sync_command
+from tests.support.lines import Lines
+from tests.support.lines import lake_lines as lines_of_lake
+from tests.support.lines import service_lines as lines_of_service
 from tests.support.service import LiveService, live_service
 
 DAY = "2010-12-01"
@@ -38,7 +40,7 @@ TABLES = ("invoice_lines", "invoices", "customers", "rejects")
 def sync(service: LiveService, lake: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RETAIL_API_KEY": service.api_key}
     return subprocess.run(
-        [sys.executable, "-m", "etl.cli", "sync", "--api-url", service.url, "--lake", str(lake), *args],
+        sync_command(service.url, lake, *args),
         capture_output=True,
         text=True,
         env=env,
@@ -54,40 +56,13 @@ def last_report(lake: Path) -> dict[str, Any]:
     return report
 
 
-def service_lines(service: LiveService) -> dict[tuple[str, int], tuple[Any, ...]]:
+def service_lines(service: LiveService) -> Lines:
     """Every line the service holds, by (invoice_no, line_no), as its paged read answers it."""
-    lines: dict[tuple[str, int], tuple[Any, ...]] = {}
-    cursor = None
-    with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
-        while True:
-            params = {"start": "2010-01-01", "end": "2012-12-31", "limit": 1000}
-            page = client.get("/invoices", params={**params, **({"cursor": cursor} if cursor else {})}).json()
-            for item in page["items"]:
-                for row in item["lines"]:
-                    lines[(item["invoice_no"], row["line_no"])] = (
-                        row["stock_code"],
-                        row["quantity"],
-                        Decimal(row["unit_price"]),
-                        item.get("customer_id"),
-                        item["invoice_day"],
-                    )
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return lines
+    return lines_of_service(service.url, service.headers)
 
 
-def lake_lines(lake: Path) -> dict[tuple[str, int], tuple[Any, ...]]:
-    table = pq.read_table(lake / "invoice_lines").to_pylist()
-    return {
-        (row["invoice_no"], row["line_no"]): (
-            row["stock_code"],
-            row["quantity"],
-            row["unit_price"],
-            row["customer_id"],
-            str(row["invoice_day"]),
-        )
-        for row in table
-    }
+def lake_lines(lake: Path) -> Lines:
+    return lines_of_lake(pq.read_table(lake / "invoice_lines").to_pylist())
 
 
 def lake_countries(lake: Path) -> dict[str, set[str]]:

@@ -8,8 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.support.job import SAMPLE
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "stack" / "stack.py"
@@ -30,20 +30,6 @@ def missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy (returned); fail saying `what` after `timeout`.
-
-    A bound on a wait, not an assertion on time: the tests assert what happened, never how fast."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 @dataclass
@@ -169,10 +155,10 @@ LINES_ON_DAYS = 3108 + 2109
 RUN_TIMEOUT_SECONDS = 420
 
 
-def backfill(stack: Stack, *, conf: dict[str, Any] | None = None) -> int:
-    """`airflow backfill create` over DAYS, also over days that already ran (another test's backfill);
-    the backfill's id, once its runs exist."""
-    args = ["backfill", "create", "--dag-id", "retail_etl", "--from-date", DAYS[0], "--to-date", DAYS[-1]]
+def backfill(stack: Stack, *, conf: dict[str, Any] | None = None, days: Sequence[str] = DAYS) -> int:
+    """`airflow backfill create` over `days` (consecutive), also over days that already ran (another
+    test's backfill); the backfill's id, once its runs exist."""
+    args = ["backfill", "create", "--dag-id", "retail_etl", "--from-date", days[0], "--to-date", days[-1]]
     if conf:
         args += ["--dag-run-conf", json.dumps(conf)]
     # Without it, days that already have a run are skipped and the backfill has no runs at all.
@@ -189,7 +175,7 @@ def backfill(stack: Stack, *, conf: dict[str, Any] | None = None) -> int:
     stack.airflow(*args)
     with stack.airflow_db() as db:
         (backfill_id,) = db.execute("SELECT max(id) FROM backfill WHERE dag_id = 'retail_etl'").fetchone()
-    assert len(run_states(stack, int(backfill_id))) == len(DAYS), f"backfill {backfill_id} created no runs"
+    assert len(run_states(stack, int(backfill_id))) == len(days), f"backfill {backfill_id} created no runs"
     return int(backfill_id)
 
 
@@ -202,12 +188,12 @@ def run_states(stack: Stack, backfill_id: int) -> dict[str, str]:
     return dict(rows)
 
 
-def wait_until_finished(stack: Stack, backfill_id: int) -> dict[str, str]:
-    """Wait until every run of the backfill has finished; their states."""
+def wait_until_finished(stack: Stack, backfill_id: int, runs: int = len(DAYS)) -> dict[str, str]:
+    """Wait until every run of the backfill (`runs`: one per day) has finished; their states."""
 
     def finished() -> dict[str, str] | None:
         states = run_states(stack, backfill_id)
-        done = len(states) == len(DAYS) and all(s in ("success", "failed") for s in states.values())
+        done = len(states) == runs and all(s in ("success", "failed") for s in states.values())
         return states if done else None
 
     states: dict[str, str] = wait_for(f"backfill {backfill_id} finished", finished, RUN_TIMEOUT_SECONDS, 1.0)

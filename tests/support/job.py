@@ -1,4 +1,4 @@
-"""The job's command line as tests and benchmarks start it: `python -m etl.cli run ...`."""
+"""The job's command line as tests and benchmarks start it: `python -m etl.cli run ...`, `... sync ...`."""
 
 from __future__ import annotations
 
@@ -25,3 +25,8 @@ def job_command(api_url: str, lake: Path | str, *args: str, source: Path | str =
         str(lake),
         *args,
     ]
+
+
+def sync_command(api_url: str, lake: Path | str, *args: str) -> list[str]:
+    """`retail-etl sync` of `lake` from the service at `api_url`, in this interpreter, with `args`."""
+    return [sys.executable, "-m", "etl.cli", "sync", "--api-url", api_url, "--lake", str(lake), *args]
