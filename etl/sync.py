@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -478,7 +479,7 @@ def _process_gone(pid: int) -> bool:
         return False  # no safe way to ask here: the lease decides
     if os.path.isdir("/proc/self"):
         try:
-            stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - read whole at once
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except FileNotFoundError:
             return True
         except OSError:
