@@ -36,11 +36,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import heapq
 import json
 import os
 import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,77 +288,149 @@ def _build(
 
 
 class _HeldSource:
-    """The source's blocks until they are validated (`etl.load.BlockSink`): in memory up to
-    `rows_in_memory` rows; past that, every row goes to one of `_BUCKETS` files on disk, chosen by a hash
-    of its invoice number, so that each file holds whole invoices. `groups` then hands out whole
-    invoices, a few buckets at a time, each group at most about half of `rows_in_memory` rows (validating
-    600,000 rows at once peaked at ~750 MiB on the 10x file, 300,000 at ~490 MiB)."""
+    """The source's blocks until they are validated (`etl.load.BlockSink`), in memory up to
+    `rows_in_memory` rows. Past that, `groups` must still hand out whole invoices, at most about half of
+    `rows_in_memory` rows at a time (validating 600,000 rows at once peaked at ~750 MiB on the 10x file,
+    300,000 at ~490 MiB), so the rows go to disk, in one of two ways:
+
+    - **in file order** while every invoice's rows come together (the usual file: an invoice's lines
+      are written one after another): the rows are cut into groups where the invoice changes, each group
+      one file. An invoice seen again after its group was cut (a 64-bit hash of its number in a sorted
+      array of the closed groups' invoices) ends this: what was written so far goes to the buckets.
+    - **by bucket**: every row to one of `_BUCKETS` files, chosen by the hash of its invoice number, so
+      each file holds whole invoices, whatever the order; groups are a few buckets each.
+    """
 
     def __init__(self, folder: Path, rows_in_memory: int) -> None:
         self.folder, self.rows_in_memory = folder, rows_in_memory
+        self.group_rows = max(rows_in_memory // 2, 1)
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self._empty()
 
     def _empty(self) -> None:
         self.blocks: list[pa.Table] = []
+        self._hashes: list[npt.NDArray[np.uint64]] = []
         self.rows = 0
         self._held = 0
-        self.spilled = False
+        #: "memory", then "ordered" or "buckets" once more than `rows_in_memory` rows came.
+        self.mode = "memory"
+        self._closed = np.zeros(0, dtype=np.uint64)
+        self._group_files: list[Path] = []
         self._bucket_rows = np.zeros(_BUCKETS, dtype=np.int64)
+
+    @property
+    def spilled(self) -> bool:
+        """Whether the rows went to disk (more than `rows_in_memory`)."""
+        return self.mode != "memory"
 
     def add(self, block: pa.Table) -> None:
         self.rows += block.num_rows
         self.blocks.append(block)
         self._held += block.num_rows
-        if not self.spilled and self.rows <= self.rows_in_memory:
+        if self.mode == "buckets":
+            if self._held >= _SPILL_ROWS:  # a few blocks at a time: hundreds of rows per bucket write
+                self._spill_held()
             return
-        self.spilled = True
-        # Spilled a few blocks at a time: each bucket's write is then hundreds of rows, not dozens.
-        if self._held >= _SPILL_ROWS:
-            self._spill_held()
-
-    def _spill_held(self) -> None:
-        if self.blocks:
-            self._spill(pa.concat_tables(self.blocks).combine_chunks())
-        self.blocks, self._held = [], 0
+        if self.mode == "memory":
+            if self.rows <= self.rows_in_memory:
+                return
+            # Past memory: the invoices of every block held so far (a source that fits never needs them).
+            self.mode = "ordered"
+            self._hashes = [_invoice_hashes(held) for held in self.blocks]
+        else:
+            hashes = _invoice_hashes(block)
+            self._hashes.append(hashes)
+            if _any_in(hashes, self._closed):  # an invoice whose group was already cut
+                self._to_buckets()
+                return
+        while self.mode == "ordered" and self._held >= self.group_rows:
+            if not self._cut_group():
+                break
 
     def discard(self) -> None:
         self._close_writers()
-        for path in self.folder.glob("bucket-*.arrow"):
+        for path in [*self.folder.glob("bucket-*.arrow"), *self.folder.glob("group-*.arrow")]:
             path.unlink()
         self._empty()
 
     def groups(self) -> Iterator[pa.Table]:
         """Whole invoices, every row once, a group at a time (one group when nothing was spilled)."""
-        if not self.spilled:
+        if self.mode == "memory":
             if self.blocks:
                 yield pa.concat_tables(self.blocks)
-            self.blocks = []
+            self.blocks, self._hashes = [], []
+            return
+        if self.mode == "ordered":
+            files, self._group_files = self._group_files, []
+            last = pa.concat_tables(self.blocks) if self.blocks else None
+            self.blocks, self._hashes = [], []
+            release_free_heap()  # what reading the source freed, before the first group is validated
+            for path in files:
+                yield _read_file(path)
+            if last is not None:
+                yield last
             return
         self._spill_held()
         self._close_writers()
-        release_free_heap()  # what reading the source freed, before the first group is validated
+        release_free_heap()
         group: list[int] = []
         rows = 0
         for bucket in map(int, np.flatnonzero(self._bucket_rows)):
-            if group and rows + int(self._bucket_rows[bucket]) > self.rows_in_memory // 2:
-                yield self._read(group)
+            if group and rows + int(self._bucket_rows[bucket]) > self.group_rows:
+                yield pa.concat_tables([_read_file(self._bucket_path(b)) for b in group])
                 group, rows = [], 0
             group.append(bucket)
             rows += int(self._bucket_rows[bucket])
         if group:
-            yield self._read(group)
+            yield pa.concat_tables([_read_file(self._bucket_path(b)) for b in group])
+
+    # --- in file order ---
+
+    def _cut_group(self) -> bool:
+        """Write the held rows up to the last change of invoice within `group_rows` (or the first after)
+        as the next group. False when there is no such change yet (one invoice so far: it keeps growing);
+        when an invoice of the group also comes later in the held rows, the rows go to the buckets."""
+        table = pa.concat_tables(self.blocks)  # chunks kept: slicing and writing need no copy
+        hashes = np.concatenate(self._hashes)
+        changes = np.flatnonzero(hashes[1:] != hashes[:-1]) + 1
+        if changes.size == 0:
+            return False
+        within = changes[changes <= self.group_rows]
+        cut = int(within[-1] if within.size else changes[0])
+        group = np.unique(hashes[:cut])
+        if _any_in(hashes[cut:], group):  # not an invoice at a time
+            self._to_buckets()
+            return False
+        path = self.folder / f"group-{len(self._group_files)}.arrow"
+        _write_file(path, table.slice(0, cut))
+        self._group_files.append(path)
+        self._closed = np.union1d(self._closed, group)
+        self.blocks, self._hashes = [table.slice(cut)], [hashes[cut:]]
+        self._held = table.num_rows - cut
+        return True
+
+    def _to_buckets(self) -> None:
+        """From file order to buckets: the groups written so far, then the rows held."""
+        self.mode = "buckets"
+        held, self.blocks, self._hashes, self._held = self.blocks, [], [], 0
+        for path in self._group_files:
+            self._spill(_read_file(path))
+            path.unlink()
+        self._group_files = []
+        for block in held:
+            self.blocks.append(block)
+            self._held += block.num_rows
+        self._spill_held()
+
+    # --- by bucket ---
+
+    def _spill_held(self) -> None:
+        if self.blocks:
+            self._spill(pa.concat_tables(self.blocks).combine_chunks())
+        self.blocks, self._hashes, self._held = [], [], 0
 
     def _spill(self, block: pa.Table) -> None:
-        invoices = invoice_numbers(pc.utf8_trim_whitespace(block.column("InvoiceNo").combine_chunks()))
-        encoded = pc.dictionary_encode(invoices)
-        # crc32, not hash(): the same invoice must land in the same bucket in every block.
-        bucket_of = np.fromiter(
-            (zlib.crc32(text.encode()) % _BUCKETS for text in encoded.dictionary.to_pylist()),
-            dtype=np.int64,
-            count=len(encoded.dictionary),
-        )
-        buckets = bucket_of[encoded.indices.to_numpy(zero_copy_only=False)]
+        buckets = (_invoice_hashes(block) % np.uint64(_BUCKETS)).astype(np.int64)
         order = np.argsort(buckets, kind="stable")
         by_bucket = block.take(pa.array(order))
         sorted_buckets = buckets[order]
@@ -368,24 +440,53 @@ class _HeldSource:
             writer = self._writers.get(bucket)
             if writer is None:
                 writer = self._writers[bucket] = pa.ipc.new_stream(
-                    str(self.folder / f"bucket-{bucket}.arrow"),
-                    block.schema,
-                    options=pa.ipc.IpcWriteOptions(compression="lz4"),
+                    str(self._bucket_path(bucket)), block.schema
                 )
             writer.write_table(by_bucket.slice(first, stop - first))
             self._bucket_rows[bucket] += stop - first
 
-    def _read(self, buckets: list[int]) -> pa.Table:
-        tables = []
-        for bucket in buckets:
-            with pa.ipc.open_stream(str(self.folder / f"bucket-{bucket}.arrow")) as reader:
-                tables.append(reader.read_all())
-        return pa.concat_tables(tables)
+    def _bucket_path(self, bucket: int) -> Path:
+        return self.folder / f"bucket-{bucket}.arrow"
 
     def _close_writers(self) -> None:
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+def _invoice_hashes(block: pa.Table) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash of each row's invoice number, as `validate` reads it (trimmed, `536365.0` is
+    `536365`): the same in every block and every process, unlike `hash()`."""
+    invoices = invoice_numbers(pc.utf8_trim_whitespace(block.column("InvoiceNo").combine_chunks()))
+    encoded = pc.dictionary_encode(invoices)
+    distinct = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            for text in encoded.dictionary.to_pylist()
+        ),
+        dtype=np.uint64,
+        count=len(encoded.dictionary),
+    )
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _any_in(values: npt.NDArray[np.uint64], sorted_set: npt.NDArray[np.uint64]) -> bool:
+    """Whether any of `values` is in the sorted array `sorted_set` (a binary search each)."""
+    if sorted_set.size == 0 or values.size == 0:
+        return False
+    distinct = np.unique(values)
+    at = np.minimum(np.searchsorted(sorted_set, distinct), sorted_set.size - 1)
+    return bool((sorted_set[at] == distinct).any())
+
+
+def _write_file(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_stream(str(path), table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_file(path: Path) -> pa.Table:
+    with pa.ipc.open_stream(str(path)) as reader:
+        return reader.read_all()
 
 
 class _Run:
@@ -461,13 +562,19 @@ def _write_by_day(
     ordered_schema = schema.append(pa.field(_ORDER, pa.int64()))
     groups: dict[str, int] = {}
     rows = 0
-    with fs.open(path, "wb") as out, pq.ParquetWriter(out, ordered_schema, compression="zstd") as writer:
-        while True:
-            heads = [key for key in (run.head() for run in runs) if key is not None]
-            if not heads:
-                break
-            key = min(heads)
-            parts = [part for run in runs for part in run.take(key)]
+    # The runs by the day of their next row: each day asks only the runs that hold it (a 100x source
+    # has ~30,000 days and ~180 runs, mostly of their own days).
+    heads = [(key, index) for index, run in enumerate(runs) if (key := run.head()) is not None]
+    heapq.heapify(heads)
+    with fs.open(path, "wb") as out, pq.ParquetWriter(out, ordered_schema, compression="lz4") as writer:
+        while heads:
+            key = heads[0][0]
+            parts: list[pa.Table] = []
+            while heads and heads[0][0] == key:
+                _, index = heapq.heappop(heads)
+                parts += runs[index].take(key)
+                if (following := runs[index].head()) is not None:
+                    heapq.heappush(heads, (following, index))
             day = pa.concat_tables(parts).cast(ordered_schema)
             if len(parts) > 1:
                 day = day.sort_by(_ORDER)

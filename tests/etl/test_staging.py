@@ -11,13 +11,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from etl.dialect import SourceOptions
 from etl.load import load_source
 from etl.schema import DayRange, ValidatedSource
-from etl.staging import ROWS_IN_MEMORY, STAGING_DIR, stage_source, staged_days, staging_key
+from etl.staging import ROWS_IN_MEMORY, STAGING_DIR, _HeldSource, stage_source, staged_days, staging_key
 from etl.validate import validate
 from tests.etl.conftest import SAMPLE_CSV as SAMPLE
 
@@ -165,3 +166,51 @@ def test_a_source_larger_than_memory_is_spilled_and_grouped_by_whole_invoices(tm
     assert staging.manifest["rejects"] == everything.rejects.num_rows
     _assert_same(staging.read(DayRange()), everything)
     assert staging.lines_per_day() == Counter(everything.lines.column("invoice_day").to_pylist())
+
+
+def _held_after(rows: list[pa.Table], folder: Path, rows_in_memory: int) -> _HeldSource:
+    held = _HeldSource(folder, rows_in_memory)
+    for block in rows:
+        held.add(block)
+    return held
+
+
+@pytest.mark.parametrize("order", ["as written", "shuffled"])
+def test_spilled_groups_hold_whole_invoices_in_file_order_or_by_bucket(order: str, tmp_path: Path) -> None:
+    table = load_source(str(SAMPLE)).table
+    if order == "shuffled":  # an invoice's lines far apart: only buckets keep them together
+        table = table.take(pa.array(np.random.default_rng(7).permutation(table.num_rows)))
+    blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=700)]
+    held = _held_after(blocks, tmp_path, rows_in_memory=2_000)
+    assert held.mode == ("ordered" if order == "as written" else "buckets")
+    seen: set[str] = set()
+    rows = 0
+    for group in held.groups():
+        assert group.num_rows <= 1_000 + 1_000  # about half of rows_in_memory (plus an invoice's tail)
+        invoices = set(group.column("InvoiceNo").to_pylist())
+        assert not invoices & seen  # every invoice in one group only
+        seen |= invoices
+        rows += group.num_rows
+    assert rows == table.num_rows
+    assert len(list(tmp_path.iterdir())) > 1  # they went to disk
+
+
+def test_an_invoice_that_comes_back_after_its_group_sends_the_rows_to_buckets(tmp_path: Path) -> None:
+    table = load_source(str(SAMPLE)).table
+    # The first invoice's first line again at the very end: its group was cut long before.
+    table = pa.concat_tables([table, table.slice(0, 1)])
+    staged = stage_source(
+        str(_write(table, tmp_path / "back.csv")), str(tmp_path / "lake"), rows_in_memory=2_000
+    )
+    whole = validate(load_source(str(tmp_path / "back.csv")), DayRange())
+    _assert_same(staged.read(DayRange()), whole)
+    blocks = [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=700)]
+    (tmp_path / "held").mkdir()
+    assert _held_after(blocks, tmp_path / "held", rows_in_memory=2_000).mode == "buckets"
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(table.drop_columns(["source_row"]), path, pacsv.WriteOptions(quoting_style="needed"))
+    return path
