@@ -24,7 +24,7 @@ from api.auth.deps import Authenticator, RateLimitExceeded
 from api.cache import make_cache
 from api.core.config import Settings
 from api.core.db import make_engine, make_session_factory, migrate
-from api.core.memory import limit_heap_retention
+from api.core.memory import limit_heap_retention, release_free_heap
 from api.errors import (
     ConflictError,
     InvalidBodyError,
@@ -111,6 +111,8 @@ class BulkWriteLimit:
             return
         async with self.slots:
             await self.app(scope, receive, send)
+        # What the body's rows used goes back to the system, not to a heap that only grows.
+        release_free_heap()
 
 
 async def _no_receive() -> Message:  # pragma: no cover - a plain response never reads the request

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +44,27 @@ def limit_heap_retention() -> bool:
     if not applied:
         logger.warning("the C library refused the malloc settings; memory use may grow under load")
     return applied
+
+
+def release_free_heap() -> bool:
+    """Return the heap's free pages to the system (glibc's `malloc_trim(0)`); False off glibc. Called
+    after each bulk write: over a 10x-data run the workers otherwise kept growing with what the bulk
+    bodies had used (190 -> 295 MiB each over 5.4 million lines)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
