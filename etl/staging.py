@@ -70,6 +70,8 @@ STAGING_FORMAT = 2
 ROWS_IN_MEMORY = 600_000
 #: Spill files of a large source; each holds about 1/256 of its invoices.
 _BUCKETS = 256
+#: Sorted arrays of closed invoices kept apart before they are merged into one.
+_CLOSED_ARRAYS = 16
 #: Rows gathered before they are spilled to the buckets.
 _SPILL_ROWS = 131_072
 #: Rows per slice when a spilled group's sorted rows are read back for the merge by day.
@@ -314,7 +316,8 @@ class _HeldSource:
         self._held = 0
         #: "memory", then "ordered" or "buckets" once more than `rows_in_memory` rows came.
         self.mode = "memory"
-        self._closed = np.zeros(0, dtype=np.uint64)
+        #: The invoices of the groups already cut (64-bit hashes), as a few sorted arrays.
+        self._closed: list[npt.NDArray[np.uint64]] = []
         self._group_files: list[Path] = []
         self._bucket_rows = np.zeros(_BUCKETS, dtype=np.int64)
 
@@ -397,14 +400,16 @@ class _HeldSource:
             return False
         within = changes[changes <= self.group_rows]
         cut = int(within[-1] if within.size else changes[0])
-        group = np.unique(hashes[:cut])
-        if _any_in(hashes[cut:], group):  # not an invoice at a time
+        group = _sorted_set(hashes[:cut])
+        if _any_in(hashes[cut:], [group]):  # not an invoice at a time
             self._to_buckets()
             return False
         path = self.folder / f"group-{len(self._group_files)}.arrow"
         _write_file(path, table.slice(0, cut))
         self._group_files.append(path)
-        self._closed = np.union1d(self._closed, group)
+        self._closed.append(group)
+        if len(self._closed) > _CLOSED_ARRAYS:  # merged now and then: each check searches a few arrays
+            self._closed = [_sorted_set(np.concatenate(self._closed))]
         self.blocks, self._hashes = [table.slice(cut)], [hashes[cut:]]
         self._held = table.num_rows - cut
         return True
@@ -470,13 +475,25 @@ def _invoice_hashes(block: pa.Table) -> npt.NDArray[np.uint64]:
     return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _any_in(values: npt.NDArray[np.uint64], sorted_set: npt.NDArray[np.uint64]) -> bool:
-    """Whether any of `values` is in the sorted array `sorted_set` (a binary search each)."""
-    if sorted_set.size == 0 or values.size == 0:
+def _sorted_set(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """`values` sorted, each once. Not `np.unique`: its hash table took 1 s per call over the 2.6 million
+    invoices of a 100x source, where a sort takes 0.2 s."""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
+
+
+def _any_in(values: npt.NDArray[np.uint64], sorted_sets: Sequence[npt.NDArray[np.uint64]]) -> bool:
+    """Whether any of `values` is in one of the sorted arrays `sorted_sets` (a binary search each)."""
+    if values.size == 0:
         return False
-    distinct = np.unique(values)
-    at = np.minimum(np.searchsorted(sorted_set, distinct), sorted_set.size - 1)
-    return bool((sorted_set[at] == distinct).any())
+    distinct = _sorted_set(values)
+    for sorted_set in sorted_sets:
+        if sorted_set.size == 0:
+            continue
+        at = np.minimum(np.searchsorted(sorted_set, distinct), sorted_set.size - 1)
+        if (sorted_set[at] == distinct).any():
+            return True
+    return False
 
 
 def _write_file(path: Path, table: pa.Table) -> None:
