@@ -476,8 +476,8 @@ def _invoice_hashes(block: pa.Table) -> npt.NDArray[np.uint64]:
 
 
 def _sorted_set(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """`values` sorted, each once. Not `np.unique`: its hash table took 1 s per call over the 2.6 million
-    invoices of a 100x source, where a sort takes 0.2 s."""
+    """`values` sorted, each once. Not `np.unique` (numpy 2.4): on the 2.6 million invoice hashes of a
+    100x source its hash table took 2.8 s, a sort 0.03 s."""
     ordered = np.sort(values)
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
 
@@ -599,7 +599,12 @@ def _write_by_day(
     # has ~30,000 days and ~180 runs, mostly of their own days).
     heads = [(key, index) for index, run in enumerate(runs) if (key := run.head()) is not None]
     heapq.heapify(heads)
-    with fs.open(path, "wb") as out, pq.ParquetWriter(out, ordered_schema, compression="lz4") as writer:
+    # No statistics: days are found by row group index, and 30,000 row groups of statistics held the
+    # writer at +160 MiB (+25 MiB without).
+    with (
+        fs.open(path, "wb") as out,
+        pq.ParquetWriter(out, ordered_schema, compression="lz4", write_statistics=False) as writer,
+    ):
         while heads:
             key = heads[0][0]
             parts: list[pa.Table] = []
