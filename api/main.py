@@ -38,6 +38,7 @@ from api.observability.metrics import Metrics, metrics_endpoint
 from api.observability.middleware import ObservabilityMiddleware
 from api.observability.ratelimit import make_limiter
 from api.routes import bulk, changes, customers, health, invoices, stockcodes
+from retail_contract.wire import ARROW_STREAM
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,27 @@ class BulkWriteLimit:
             return
         async with self.slots:
             await self.app(scope, receive, send)
-        # What the body's rows used goes back to the system, not to a heap that only grows.
-        release_free_heap()
+
+
+class ReleaseHeapAfterBulk:
+    """After each request that moves many rows (a bulk write or compare, an Arrow page), the heap's
+    free pages go back to the system (`release_free_heap`, ~2 ms). Without it a worker kept what those
+    bodies had used: over a 10x-data run each worker grew from 190 to 295 MiB."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        accept = dict(scope.get("headers") or ()).get(b"accept", b"")
+        heavy = scope["path"].startswith("/bulk/") or ARROW_STREAM.encode() in accept
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if heavy:
+                release_free_heap()
 
 
 async def _no_receive() -> Message:  # pragma: no cover - a plain response never reads the request
@@ -284,6 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         paths=frozenset({"/bulk/invoices", "/bulk/customers"}),
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(ReleaseHeapAfterBulk)
     _add_observability(app, settings)
     # The credentials check of every data operation (api/auth/deps.py), with the per-identity rate limit.
     app.state.authenticator = Authenticator(
