@@ -76,12 +76,15 @@ COPY_CHUNK = 1 << 20
 
 
 class PeakRss:
-    """Samples the resident memory of a process tree until stopped; keeps the peak of the sum."""
+    """Samples the resident memory of a process tree until stopped; keeps the peak of the sum of the
+    processes' RSS (`peak`) and of their PSS (`peak_pss`: each shared page divided among the processes
+    that map it, so the sum counts the libraries the workers share once, not once per process)."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.process = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -98,9 +101,19 @@ class PeakRss:
             try:
                 tree = [self.process, *self.process.children(recursive=True)]
                 self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
+                self.peak_pss = max(self.peak_pss, sum(_pss(p.pid) for p in tree))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(self.interval)
+
+
+def _pss(pid: int) -> int:
+    """The process's proportional set size in bytes, from the kernel's summary of its mappings."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+        for line in rollup:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 @dataclass(frozen=True)

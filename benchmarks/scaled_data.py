@@ -12,7 +12,8 @@ a fresh PostgreSQL database:
   HTTP and no service, in bounded memory (blocks of the file, streamed COPY both ways);
 - the job: `retail-etl run` as a child process, from the file to a reconciled, empty-at-start lake,
   through the real service (uvicorn on PostgreSQL), its peak RSS from the kernel (wait4) and the
-  service's as the peak sum over its process tree.
+  service's as the peak sum over its process tree, of PSS (shared pages divided among the processes
+  that map them) and of RSS (which counts the libraries the workers share once per worker).
 
 Prints each scale's figures, then the ratios the issue asks for: job / floor per scale, time at N x
 against time at 1 x, and the peaks against 1 GiB (job) and 600 MiB (service).
@@ -192,13 +193,15 @@ def one_scale(args: argparse.Namespace, scale: int, work: Path) -> dict[str, Any
         job_s=job.seconds,
         job_rss=job.peak_rss,
         service_rss=service_rss.peak,
+        service_pss=service_rss.peak_pss,
         job_lines=job.lines,
         stages=job.report["seconds"],
     )
     print(
         f"  job: {job.seconds:.1f} s ({job.lines:,} lines reconciled), "
         f"job peak {job.peak_rss / MiB:,.0f} MiB, "
-        f"service peak {service_rss.peak / MiB:,.0f} MiB; job / floor {job.seconds / figures['floor_s']:.2f}",
+        f"service peak {service_rss.peak_pss / MiB:,.0f} MiB PSS ({service_rss.peak / MiB:,.0f} MiB RSS "
+        f"summed); job / floor {job.seconds / figures['floor_s']:.2f}",
         flush=True,
     )
     print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in job.report["seconds"].items()), flush=True)
@@ -227,7 +230,7 @@ def main() -> None:
     print()
     print(
         f"{'scale':>6} {'lines':>12} {'floor s':>8} {'job s':>8} {'job/floor':>9} {'time vs 1x':>10} "
-        f"{'job MiB':>8} {'service MiB':>11}"
+        f"{'job MiB':>8} {'service PSS':>11} {'service RSS':>11}"
     )
     one = next((r for r in results if r["scale"] == 1), None)
     for r in results:
@@ -235,17 +238,19 @@ def main() -> None:
         print(
             f"{r['scale']:>5}x {r['lines']:>12,} {r['floor_s']:>8.1f} {r['job_s']:>8.1f} "
             f"{r['job_s'] / r['floor_s']:>9.2f} "
-            f"{versus:>10} {r['job_rss'] / MiB:>8,.0f} {r['service_rss'] / MiB:>11,.0f}"
+            f"{versus:>10} {r['job_rss'] / MiB:>8,.0f} {r['service_pss'] / MiB:>11,.0f} "
+            f"{r['service_rss'] / MiB:>11,.0f}"
         )
     print(
-        "targets: job peak < 1,024 MiB, service peak < 600 MiB at every scale; 10x in at most 11x the 1x time"
+        "targets: job peak < 1,024 MiB, service peak < 600 MiB at every scale (its processes' PSS summed;\n"
+        "  their RSS summed counts each shared library once per process); 10x in at most 11x the 1x time"
     )
     failed = [
         f"{r['scale']}x: {what}"
         for r in results
         for what, bad in (
             (f"job peak {r['job_rss'] / MiB:,.0f} MiB", r["job_rss"] >= 1024 * MiB),
-            (f"service peak {r['service_rss'] / MiB:,.0f} MiB", r["service_rss"] >= 600 * MiB),
+            (f"service peak {r['service_pss'] / MiB:,.0f} MiB PSS", r["service_pss"] >= 600 * MiB),
             (
                 f"time {r['job_s'] / one['job_s']:.2f}x the 1x time" if one else "",
                 bool(one) and r["job_s"] > 1.1 * r["scale"] * one["job_s"],

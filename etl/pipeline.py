@@ -46,8 +46,13 @@ from etl.memory import release_free_heap
 from etl.metrics import push_run_metrics, run_metrics
 from etl.post import OnConflict, PostReport, parse_on_conflict, post_lines
 from etl.readback import read_back
-from etl.reconcile import ReconcileReport, lines_of_source_invoices, reconcile
-from etl.reconcile import combine as combine_checks
+from etl.reconcile import (
+    DistinctValues,
+    ReconcileReport,
+    RunReconciliation,
+    lines_of_source_invoices,
+    reconcile,
+)
 from etl.schema import (
     CUSTOMER_SCHEMA,
     LINE_SCHEMA,
@@ -341,12 +346,17 @@ def _run(config: RunConfig, report: RunReport, stages: StageTimer) -> RunReport:
         stages.expect(sum(lines_per_day.get(day, 0) for day in days), len(days))
         run = _BatchRun(config, report, stages, staging)
         try:
+            try:
+                if config.dry_run:
+                    for batch in batches:
+                        run.validate(batch)
+                else:
+                    asyncio.run(run.all(batches))
+            finally:
+                run.finish()  # the report's counts and checks, also for a failed run's report
             if config.dry_run:
-                for batch in batches:
-                    run.validate(batch)
                 report.status = "dry run"
                 return report
-            asyncio.run(run.all(batches))
         except Exception:
             report.status = "failed"
             save_report(config, report)
@@ -398,11 +408,13 @@ class _BatchRun:
         self.report = report
         self.stages = stages
         self.staging = staging
-        self.checks: dict[str, list[ReconcileReport]] = {"service": [], "lake": []}
+        self.checks = {label: RunReconciliation(label) for label in ("service", "lake")}
         #: The distinct customers of the run, per check: (the side checked against, the side checked).
-        self.customers: dict[str, tuple[set[str], set[str]]] = {}
-        self.source_customers: set[str] = set()
+        self.customers = {label: (DistinctValues(), DistinctValues()) for label in self.checks}
+        self.source_customers = DistinctValues()
         self.undated_rejects_counted = False
+        #: Whether a write swept the whole lake for interrupted writes' files (once a run is enough).
+        self.lake_swept = False
 
     def validate(self, days: Sequence[dt.date]) -> ValidatedSource:
         """The batch's lines and rejects from the staging; counts them."""
@@ -414,8 +426,7 @@ class _BatchRun:
             self.undated_rejects_counted = True
             counts["lines"] = validated.lines.num_rows
             counts["invoices"] = _distinct(validated.lines, "invoice_no")  # an invoice has one day
-            self.source_customers.update(_customer_ids(validated.lines))
-            self.report.counts["customers"] = len(self.source_customers)
+            self.source_customers.add(validated.lines.column("customer_id"))
             self.stages.observer.advanced("validate", validated.lines.num_rows)
         return validated
 
@@ -462,8 +473,14 @@ class _BatchRun:
             stages.observer.advanced("reconcile", source_lines.num_rows)
         with stages.stage("write lake") as counts:
             written, lake_check, in_lake = write_and_check_lake(
-                config, days, snapshot, validated.rejects, self.staging.fingerprint
+                config,
+                days,
+                snapshot,
+                validated.rejects,
+                self.staging.fingerprint,
+                sweep_whole_lake=not self.lake_swept,
             )
+            self.lake_swept = True
             self._checked("lake", lake_check, snapshot.lines, in_lake)
             counts["partitions_written"] = written.partitions_written
             counts["lines_written"] = written.rows.get("invoice_lines", 0)
@@ -473,13 +490,20 @@ class _BatchRun:
 
     def _checked(self, label: str, check: ReconcileReport, expected: pa.Table, found: pa.Table) -> None:
         """Add a batch's check to the run's, and fail on a difference."""
-        self.checks[label].append(check)
-        sides = self.customers.setdefault(label, (set(), set()))
-        sides[0].update(_customer_ids(expected))
-        sides[1].update(_customer_ids(found))
-        combined = combine_checks(self.checks[label], customers=(len(sides[0]), len(sides[1])))
-        self.report.reconciliation[label] = combined.to_dict()
+        self.checks[label].add(check)
+        sides = self.customers[label]
+        sides[0].add(expected.column("customer_id"))
+        sides[1].add(found.column("customer_id"))
         check.raise_for_differences()
+
+    def finish(self) -> None:
+        """Put the run's customer count and checks, added up over the batches so far, in the report
+        (once, at the end or on a failure: adding them up after every batch grew with the run)."""
+        self.report.counts["customers"] = len(self.source_customers)
+        for label, check in self.checks.items():
+            if check.batches:
+                sides = self.customers[label]
+                self.report.reconciliation[label] = check.to_dict(customers=(len(sides[0]), len(sides[1])))
 
 
 def write_and_check_lake(
@@ -488,11 +512,13 @@ def write_and_check_lake(
     snapshot: ServiceSnapshot,
     rejects: pa.Table,
     fingerprint: str,
+    *,
+    sweep_whole_lake: bool = True,
 ) -> tuple[LakeReport, ReconcileReport, pa.Table]:
     """Write `days` of the lake from the reconciled `snapshot` and `rejects`, then read the days' lines
     back from the lake and reconcile them with the service's (the lake shows the service's whole days,
     other clients' invoices too). Returns the write's report, the check (not raised: the caller records
-    it first) and the lake's lines."""
+    it first) and the lake's lines. `sweep_whole_lake`: see `write_lake`."""
     written = write_lake(
         config.lake,
         days,
@@ -500,15 +526,11 @@ def write_and_check_lake(
         rejects,
         source_fingerprint=fingerprint,
         storage_options=config.storage_options,
+        sweep_whole_lake=sweep_whole_lake,
     )
     in_lake = read_lake_table(config.lake, "invoice_lines", days, storage_options=config.storage_options)
     in_lake = in_lake.select(LINE_SCHEMA.names).cast(LINE_SCHEMA)
     return written, reconcile(in_line_order(snapshot.lines), in_lake, label="lake"), in_lake
-
-
-def _customer_ids(lines: pa.Table) -> list[str]:
-    ids: list[str] = lines.column("customer_id").drop_null().unique().to_pylist()
-    return ids
 
 
 def deliver_days(config: RunConfig, report: RunReport, stages: StageTimer, days: Sequence[dt.date]) -> None:

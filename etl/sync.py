@@ -272,6 +272,7 @@ class _Sync:
                     rejects,
                     source_fingerprint=None,
                     storage_options=config.storage_options,
+                    sweep_whole_lake=not self.days_written,  # the first batch's write sweeps for all
                 )
                 counts["partitions_written"] = written.partitions_written
                 counts["lines_written"] = written.rows.get("invoice_lines", 0)

@@ -72,6 +72,7 @@ def write_lake(
     source_fingerprint: str | None,
     storage_options: Mapping[str, Any] | None = None,
     max_writers: int | None = None,
+    sweep_whole_lake: bool = True,
 ) -> LakeReport:
     """Replace the partitions of `days` in every table with what `snapshot` and `rejects` hold.
 
@@ -84,7 +85,9 @@ def write_lake(
     A day whose content equals what is committed writes nothing. `root` is a local path or an fsspec
     URL (`s3://bucket/lake`, `memory://lake`); `storage_options` go to the storage.filesystem (e.g.
     `{"endpoint_url": ...}` for an S3-compatible server). Up to `max_writers` files (default
-    `DEFAULT_WRITERS`) are encoded and written at once.
+    `DEFAULT_WRITERS`) are encoded and written at once. Locally, a write deletes the temporary files
+    an interrupted write left anywhere in the lake; with `sweep_whole_lake` False (a run's later
+    batches, after its first write swept) only those in its own partitions.
 
     Raises `LakeError` when the root cannot be written or another writer committed one of the days
     meanwhile (the days committed before it stay, each whole; a rerun completes the rest), and
@@ -110,7 +113,7 @@ def write_lake(
     uncommitted: set[str] = set()
     try:
         committed = commit.read_manifests(fs, base, [unit.key for unit in units])
-        published = publish.list_tables(fs, base, units)
+        published = publish.list_tables(fs, base, units, whole_lake=sweep_whole_lake)
         plans = [commit.UnitPlan(unit, committed.get(unit.key)) for unit in units]
         commit.list_objects(fs, base, plans)
         to_write = [

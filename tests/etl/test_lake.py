@@ -536,6 +536,30 @@ def test_temp_files_of_a_killed_write_are_ignored_then_cleaned(
     assert not [f for f in all_files(lake) if f.endswith(".tmp")]
 
 
+def test_a_later_batch_sweeps_only_its_own_partitions(lake: Path, sample_snapshot: ServiceSnapshot) -> None:
+    write_sample(str(lake), sample_snapshot)
+    own = lake / "invoice_lines" / f"invoice_day={DAY4.isoformat()}"
+    (own / f".part-0.parquet.{uuid.uuid4().hex}.tmp").write_bytes(b"half a file")
+    elsewhere = lake / "invoice_lines" / "invoice_day=2010-12-01" / f".part-0.parquet.{uuid.uuid4().hex}.tmp"
+    elsewhere.write_bytes(b"half a file")
+
+    write_lake(
+        str(lake),
+        [DAY4],
+        sample_snapshot_for(sample_snapshot, DAY4),
+        SOME_REJECTS.slice(0, 0),
+        source_fingerprint="x",
+        sweep_whole_lake=False,
+    )
+
+    # Its own day's leftover is gone; another day's waits for a write that sweeps the whole lake
+    # (a run's first), hidden from readers meanwhile.
+    assert [f for f in all_files(lake) if f.endswith(".tmp")] == [str(elsewhere.relative_to(lake))]
+    assert read_lake_table(str(lake), "invoice_lines", [DAY4]).num_rows == (
+        sample_snapshot_for(sample_snapshot, DAY4).lines.num_rows
+    )
+
+
 def test_a_writer_failing_leaves_the_lake_as_it_was(
     lake: Path, sample_snapshot: ServiceSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:

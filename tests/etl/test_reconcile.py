@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from etl.errors import ReconciliationError
-from etl.reconcile import reconcile
+from etl.reconcile import DistinctValues, RunReconciliation, reconcile
 from etl.schema import LINE_ORDER, LINE_SCHEMA, in_line_order
 from tests.etl.conftest_client import line_rows, sample_lines
 
@@ -229,3 +229,44 @@ def test_line_order_sorts_once_and_differences_in_line_order_are_still_found(sou
     changed = _replace(ordered, row, "quantity", ordered["quantity"][row].as_py() + 1)
     _fails(reconcile(ordered, changed), "536365")
     assert reconcile(ordered, ordered).ok
+
+
+def _by_days(table: pa.Table, days: list[str]) -> pa.Table:
+    wanted = pa.array([dt.date.fromisoformat(d) for d in days], pa.date32())
+    return table.filter(pc.is_in(table["invoice_day"], value_set=wanted))
+
+
+@pytest.mark.parametrize("change", ["none", "a price on the first day", "a line gone on the last day"])
+def test_a_run_added_up_from_batches_reports_what_one_report_over_all_days_does(source, change):
+    other = source
+    if change == "a price on the first day":
+        other = _replace(source, 0, "unit_price", Decimal("99.990"))
+    elif change == "a line gone on the last day":
+        last = in_line_order(source)
+        other = last.slice(0, last.num_rows - 1)  # the last line of the last day
+    whole = reconcile(source, other, label="lake").to_dict()
+
+    run = RunReconciliation("lake")
+    seen_source, seen_other = DistinctValues(), DistinctValues()
+    for days in ([DAY1], [DAY2, "2011-08-12"], ["2011-09-25"]):
+        part_source, part_other = _by_days(source, days), _by_days(other, days)
+        run.add(reconcile(part_source, part_other, label="lake"))
+        seen_source.add(part_source["customer_id"])
+        seen_other.add(part_other["customer_id"])
+    added = run.to_dict(customers=(len(seen_source), len(seen_other)))
+
+    assert run.batches == 3 and added["ok"] is (change == "none") is whole["ok"]
+    assert added == whole  # message, totals (distinct customers too), rows, every day
+
+
+def test_distinct_values_counts_each_non_null_value_once_across_batches():
+    values = DistinctValues()
+    assert len(values) == 0
+    values.add(pa.chunked_array([pa.array(["a", None, "b"]), pa.array(["a"])]))
+    values.add(pa.array(["b", "c", None]))
+    assert len(values) == 3
+    many = pa.array([str(i) for i in range(200_000)])  # beyond the merge threshold, twice over
+    values.add(many)
+    values.add(many.slice(100_000))
+    values.add(pa.array(["c", "zz"]))
+    assert len(values) == 200_000 + 4  # "a", "b", "c", "zz" besides the numbers
