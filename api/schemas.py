@@ -296,21 +296,12 @@ class CustomerCreate(BaseModel):
     country: Country
 
 
-def _identifier_in_body(_value: Any) -> None:
-    raise PydanticCustomError("identifier_in_body", "the path names the resource: leave this field out")
-
-
-#: A body member that names the resource: the path does, so a PUT or PATCH body must not carry it (422
-#: naming it when it does; the schema says `not: {required: [...]}`).
-PathIdentifier = Annotated[SkipJsonSchema[None], BeforeValidator(_identifier_in_body)]
-
-
 class CustomerReplace(BaseModel):
-    """The body of PUT /customer/{customer_id}: the customer's country (the path names the customer)."""
+    """The body of PUT /customer/{customer_id}: the customer's country. The path names the customer; a
+    body that names it too (what GET returned, sent back) must name the same one, else 422."""
 
-    model_config = ConfigDict(json_schema_extra={"not": {"required": ["customer_id"]}})
-
-    customer_id: PathIdentifier = None
+    #: Out of the schema, which cannot say "equal to the path's"; checked by the route.
+    customer_id: SkipJsonSchema[CustomerId | None] = None
     country: Country
 
 
@@ -428,13 +419,16 @@ class BulkInvoiceCreate(InvoiceWithCustomerCreate):
 class InvoiceReplace(BaseModel):
     """The body of PUT /invoice/{invoice_no}: the whole invoice, its lines replacing the stored ones.
 
-    The path names the invoice (no `invoice_no` here). A missing `customer_id` is an invoice without a
-    customer; a missing `country` is the customer's.
+    The path names the invoice; a body that names it too (what GET returned, sent back) must name the
+    same one, else 422. A missing `customer_id` is an invoice without a customer; a missing `country`
+    is the customer's. What GET adds besides (`invoice_day`, the `customer` link) is derived, and
+    ignored.
     """
 
-    model_config = ConfigDict(json_schema_extra={"not": {"required": ["invoice_no"]}, **COUNTRY_OR_CUSTOMER})
+    model_config = ConfigDict(json_schema_extra=COUNTRY_OR_CUSTOMER)
 
-    invoice_no: PathIdentifier = None
+    #: Out of the schema, which cannot say "equal to the path's"; checked by the route.
+    invoice_no: SkipJsonSchema[InvoiceNo | None] = None
     invoice_date: LocalDatetimeIn
     country: Country | None = Field(default=None, description="Missing: the customer's country")
     customer_id: CustomerId | None = None

@@ -236,6 +236,22 @@ def invoice_days(start: dt.date | None, end: dt.date | None) -> list[ColumnEleme
     return conditions
 
 
+def require_path_identifier(field: str, in_body: str | None, in_path: str) -> None:
+    """A body may name the resource its path names (a PUT or PATCH of what GET returned), only the same
+    one: InvalidBodyError naming `field` otherwise."""
+    if in_body is not None and in_body != in_path:
+        raise InvalidBodyError(
+            [
+                {
+                    "type": "identifier_mismatch",
+                    "loc": ["body", field],
+                    "msg": f"the path names {in_path!r}: leave this field out or give the same value",
+                    "input": in_body,
+                }
+            ]
+        )
+
+
 def validate_body(model: type[Model], data: Any) -> Model:
     """`data` (a merge patch applied to a stored resource) as `model`; InvalidBodyError naming the
     fields (`["body", ...]`) when it is not valid."""

@@ -92,6 +92,7 @@ def replace_customer(
     """PUT: store the customer as given, creating it when missing; returns it as JSON and whether it was
     created. A change emits `customer.updated`, a creation `customer.created`; an identical PUT changes
     and emits nothing."""
+    common.require_path_identifier("customer_id", customer.customer_id, customer_id)
     with common.writing(session):
         stored = _stored(session, customer_id, for_update=True)
         _check_preconditions(stored, if_match=if_match, if_none_match=if_none_match)
@@ -114,8 +115,8 @@ def patch_customer(session: Session, *, customer_id: str, patch: Any, if_match: 
     """PATCH: merge `patch` (RFC 7396) into the stored customer; returns it as JSON.
 
     The patch applies to the customer's members other than its id, which the path names (a patch
-    setting `customer_id` is refused). The result must be a valid customer (else InvalidBodyError naming
-    the field); a change emits `customer.updated`.
+    setting `customer_id` to another id is refused). The result must be a valid customer (else
+    InvalidBodyError naming the field); a change emits `customer.updated`.
     """
     with common.writing(session):
         stored = _stored(session, customer_id, for_update=True)
@@ -124,6 +125,7 @@ def patch_customer(session: Session, *, customer_id: str, patch: Any, if_match: 
         merged = apply_merge_patch({"country": stored[1]}, patch)
         # The body is checked first: a bad patch is 422 whatever its If-Match.
         customer = common.validate_body(schemas.CustomerReplace, merged)
+        common.require_path_identifier("customer_id", customer.customer_id, customer_id)
         _check_preconditions(stored, if_match=if_match)
         if customer.country != stored[1]:
             _update_country(session, customer_id, customer.country, kind=outbox.PATCHED)

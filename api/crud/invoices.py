@@ -177,6 +177,7 @@ def replace_invoice(
     The content hash is recomputed; a change emits `invoice.updated`, a creation `invoice.created`, an
     identical PUT changes and emits nothing.
     """
+    common.require_path_identifier("invoice_no", invoice.invoice_no, invoice_no)
     with common.writing(session):
         header = _header(session, invoice_no, for_update=True)
         _require_precondition(session, header, if_match=if_match, if_none_match=if_none_match)
@@ -278,7 +279,8 @@ def patch_invoice(
         target = {name: value for name, value in document.items() if name not in _NOT_PATCHED}
         merged = apply_merge_patch(target, patch)
         if isinstance(merged, dict):
-            # Derived members sent along (a client patching what it read) are ignored; the number is not.
+            # Derived members sent along (a client patching what it read) are ignored; the number must be
+            # the path's (checked below).
             for name in ("invoice_day", "customer"):
                 merged.pop(name, None)
             if merged.get("country") is None and merged.get("customer_id") is None:
@@ -286,6 +288,7 @@ def patch_invoice(
                 merged["country"] = header.country
         # The body is checked first: a bad patch is 422 whatever its If-Match.
         invoice = common.validate_body(schemas.InvoiceReplace, merged)
+        common.require_path_identifier("invoice_no", invoice.invoice_no, invoice_no)
         _require_precondition(session, header, if_match=if_match)
         _touch(session, touched, invoice_no)
         _replace_locked(session, invoice_no, header, invoice, kind=outbox.PATCHED)
