@@ -37,7 +37,7 @@ from api.observability.logging import configure_logging
 from api.observability.metrics import Metrics, metrics_endpoint
 from api.observability.middleware import ObservabilityMiddleware
 from api.observability.ratelimit import make_limiter
-from api.routes import bulk, changes, customers, health, invoices, stockcodes
+from api.routes import bulk, changes, customers, docs, health, invoices, stockcodes
 from retail_contract.wire import ARROW_STREAM
 
 logger = logging.getLogger(__name__)
@@ -293,6 +293,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Customers, invoices and invoice lines of the UCI Online Retail data set.",
         lifespan=lifespan,
+        # Served by api.routes.docs with their assets from the service itself, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     # Connecting is lazy: building the app touches no database.
@@ -319,9 +322,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stockcodes.router,
         bulk.router,
         changes.router,
+        docs.router,
     )
     for router in routers:
         app.include_router(router)
+    docs.mount_assets(app)
     return app
 
 
