@@ -13,6 +13,7 @@ from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,6 +39,7 @@ from api.observability.metrics import Metrics, metrics_endpoint
 from api.observability.middleware import ObservabilityMiddleware
 from api.observability.ratelimit import make_limiter
 from api.routes import bulk, changes, customers, docs, health, invoices, stockcodes
+from api.routes.contract import with_patch_schemas
 from retail_contract.wire import ARROW_STREAM
 
 logger = logging.getLogger(__name__)
@@ -284,6 +286,14 @@ def _add_exception_handlers(app: FastAPI) -> None:
         return JSONResponse(status_code=500, content={"detail": "internal server error"})
 
 
+def operation_id(route: APIRoute) -> str:
+    """`customers-read_customer`: the route's first tag and its name, as the FastAPI full-stack template
+    names operations (a generated client's function is then `customers_read_customer`, not FastAPI's
+    default `read_customer_customer__customer_id__get`)."""
+    tag = str(route.tags[0]) if route.tags else "service"
+    return f"{tag.replace(' ', '-')}-{route.name}"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for `settings` (default: read from the environment and `.env`)."""
     settings = settings or Settings()
@@ -296,6 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Served by api.routes.docs with their assets from the service itself, not from a CDN.
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     # Connecting is lazy: building the app touches no database.
@@ -327,6 +338,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     docs.mount_assets(app)
+    build_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_patch_schemas(build_document())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to amend the document
     return app
 
 

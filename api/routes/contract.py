@@ -92,6 +92,26 @@ def merge_patch_schema(replace: type[BaseModel], *, nullable: tuple[str, ...] = 
     return schema
 
 
+#: The merge-patch bodies' schemas by name, for the OpenAPI document's components (`with_patch_schemas`).
+PATCH_SCHEMAS: dict[str, dict[str, Any]] = {}
+
+
+def merge_patch_component(
+    name: str, replace: type[BaseModel], *, nullable: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A reference to the merge-patch schema of `replace` (see `merge_patch_schema`), kept as the
+    component `name`: one schema for both media types a patch is accepted as (inline, a generated
+    client made one model per media type, of the same name, and warned of a duplicate)."""
+    PATCH_SCHEMAS[name] = {**merge_patch_schema(replace, nullable=nullable), "title": name}
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def with_patch_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI `document` with the merge-patch schemas among its components."""
+    document.setdefault("components", {}).setdefault("schemas", {}).update(PATCH_SCHEMAS)
+    return document
+
+
 def merge_patch_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[str, Any]:
     """`openapi_extra` documenting a merge-patch request body (both media types it is accepted as)."""
     content = {"schema": schema, "example": example}

@@ -20,7 +20,7 @@ from api.routes.contract import (
     errors,
     get_with_head,
     merge_patch_body,
-    merge_patch_schema,
+    merge_patch_component,
 )
 
 router = SecuredRouter(tags=["customers"], responses=DATA_ROUTE_ERRORS)
@@ -90,7 +90,9 @@ def replace_customer(
     "/customer/{customer_id}",
     response_model=schemas.CustomerPublic,
     responses=errors(404, 412),
-    openapi_extra=merge_patch_body(merge_patch_schema(schemas.CustomerReplace), {"country": "Germany"}),
+    openapi_extra=merge_patch_body(
+        merge_patch_component("CustomerPatch", schemas.CustomerReplace), {"country": "Germany"}
+    ),
 )
 def patch_customer(
     request: Request,

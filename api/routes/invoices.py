@@ -19,7 +19,7 @@ from api.routes.contract import (
     errors,
     get_with_head,
     merge_patch_body,
-    merge_patch_schema,
+    merge_patch_component,
 )
 
 router = SecuredRouter(tags=["invoices"], responses=DATA_ROUTE_ERRORS)
@@ -101,7 +101,8 @@ def replace_invoice(
     response_model=schemas.InvoicePublic,
     responses=errors(404, 409, 412),
     openapi_extra=merge_patch_body(
-        merge_patch_schema(schemas.InvoiceReplace, nullable=("lines",)), {"country": "France"}
+        merge_patch_component("InvoicePatch", schemas.InvoiceReplace, nullable=("lines",)),
+        {"country": "France"},
     ),
 )
 def patch_invoice(
