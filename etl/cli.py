@@ -255,6 +255,28 @@ def sync_command(
     out.print(summary_table(report.to_dict()))
 
 
+@app.command("report")
+def report_command(
+    run_id: Annotated[str | None, typer.Argument(help="The run's id (default: the newest run).")] = None,
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root: a path or an object-store URL. Env RETAIL_LAKE.")
+    ] = None,
+) -> None:
+    """Print where a run's page is (`<lake>/_runs/<run_id>.html`: per-day figures, rejects, stage times and
+    the reconciliation, viewable offline) and its summary."""
+    from etl.lake.reports import find_run_report
+
+    settings = JobSettings()
+    root = lake or settings.lake
+    try:
+        _location, page, report = find_run_report(root, run_id)
+    except EtlError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    out.print(page, highlight=False, soft_wrap=True)
+    out.print(summary_table(report))
+
+
 def _at_the_edge(job: Callable[[RunObserver | None], RunReport], to_complete: str) -> RunReport:
     """Run `job` with a progress bar on a terminal (log lines elsewhere); every failure becomes one line
     on stderr and the exit status that says what kind it was."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl.client import RetailClient, RetryPolicy
@@ -63,6 +64,7 @@ from etl.schema import (
     in_line_order,
 )
 from etl.staging import Staging, stage_source
+from etl.validate import rejects_by_reason
 from retail_contract.lake_layout import PARTITION_COLUMN, WORK_DIR
 
 log = logging.getLogger("etl.run")
@@ -200,6 +202,8 @@ class RunReport:
     replaced_days: list[str] = field(default_factory=list)
     #: How the source was read: date format, decimal mark, delimiter, encoding, and why (`SourceDialect`).
     dialect: dict[str, str] = field(default_factory=dict)
+    #: Rejects per kind of reason (`etl.validate.reason_kind`: the reason without the values it quotes).
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
     reconciliation: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
@@ -420,10 +424,14 @@ class _BatchRun:
         """The batch's lines and rejects from the staging; counts them."""
         with self.stages.stage("validate") as counts:
             validated = self.staging.read(days)
-            undated = validated.rejects.column(PARTITION_COLUMN).null_count
-            # The rejects without a day come with every batch (each batch's lake write keeps them): once.
-            counts["rejects"] = validated.rejects.num_rows - (undated if self.undated_rejects_counted else 0)
+            rejects = validated.rejects
+            if self.undated_rejects_counted:
+                # The rejects without a day come with every batch (each batch's lake write keeps them): once.
+                rejects = rejects.filter(pc.is_valid(rejects.column(PARTITION_COLUMN)))
             self.undated_rejects_counted = True
+            counts["rejects"] = rejects.num_rows
+            for kind, count in rejects_by_reason(rejects).items():
+                self.report.rejects_by_reason[kind] = self.report.rejects_by_reason.get(kind, 0) + count
             counts["lines"] = validated.lines.num_rows
             counts["invoices"] = _distinct(validated.lines, "invoice_no")  # an invoice has one day
             self.source_customers.add(validated.lines.column("customer_id"))
@@ -731,6 +739,7 @@ def save_dag_report(meta: Mapping[str, Any], status: str, *, error: BaseExceptio
         on_conflict=str(meta.get("on_conflict") or "fail"),
         replaced_days=list(meta.get("replaced_days") or []),
         dialect=dict(meta.get("dialect") or {}),
+        rejects_by_reason=dict(meta.get("rejects_by_reason") or {}),
         reconciliation=dict(meta.get("reconciliation") or {}),
         status=status,
         destinations=destinations,
@@ -793,6 +802,7 @@ def task_load_and_validate(
         "source_rows": staging.source_rows,
         "lines": validated.lines.num_rows,
         "rejects": validated.rejects.num_rows,
+        "rejects_by_reason": rejects_by_reason(validated.rejects),
         "invoices": _distinct(validated.lines, "invoice_no"),
         "customers": _distinct(validated.lines, "customer_id"),
         "staging": staging.how,

@@ -163,6 +163,9 @@ class _Sync:
         self.snapshot_at: dt.datetime | None = None
         self.state_path = f"{base}/{SYNC_DIR}/state.json"
         self.days_written: set[dt.date] = set()
+        #: Each checked day's figures for the report, the day's latest check replacing an earlier one.
+        self.day_checks: list[dict[str, Any]] = []
+        self._day_check_at: dict[str, int] = {}
         report.sync = {
             "cursor_before": None,
             "cursor_after": None,
@@ -301,6 +304,9 @@ class _Sync:
         }
         checked = self.report.reconciliation.setdefault("service", {"ok": True, "days_checked": 0})
         checked["days_checked"] += len(days)
+        checked["days"] = self.day_checks
+        for day in days:
+            self._record_check(day, in_service.get(day), in_lake.get(day))
         if not differing:
             return
         moved = await self._days_changed_after(client, after)
@@ -315,6 +321,21 @@ class _Sync:
                 f"the lake differs from the service on {len(unexplained)} day(s): {shown}"
             )
         log.info("days changed again while they were written", extra={"days": [str(d) for d in differing]})
+
+    def _record_check(self, day: dt.date, service: DayFigures | None, lake: DayFigures | None) -> None:
+        """The day's figures as the run report shows a run's (`source` the service's, `other` the lake's)."""
+        iso = day.isoformat()
+        entry: dict[str, Any] = {
+            "day": iso,
+            "ok": service == lake,
+            "source": _as_dict(service),
+            "other": _as_dict(lake),
+        }
+        at = self._day_check_at.setdefault(iso, len(self.day_checks))
+        if at == len(self.day_checks):
+            self.day_checks.append(entry)
+        else:
+            self.day_checks[at] = entry
 
     async def _days_changed_after(self, client: RetailClient, after: str) -> set[dt.date]:
         days: set[dt.date] = set()
@@ -404,6 +425,11 @@ def _lake_figures(lines: pa.Table) -> dict[dt.date, DayFigures]:
             strict=True,
         )
     }
+
+
+def _as_dict(figures: DayFigures | None) -> dict[str, Any]:
+    found = figures or DayFigures(0, 0, Decimal("0.000"))
+    return {"lines": found.lines, "invoices": found.invoices, "amount": str(found.amount)}
 
 
 def _describe(figures: DayFigures | None) -> str:

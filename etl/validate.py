@@ -27,6 +27,7 @@ service stores those once per invoice); otherwise every line of the invoice is r
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -530,3 +531,24 @@ def _any(n: int, masks: Sequence[pa.Array]) -> npt.NDArray[np.bool_]:
 
 def _to_numpy_bool(mask: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.bool_]:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def reason_kind(reason: str) -> str:
+    """A reject's reason without the values it quotes: `unparseable Quantity 'abc'` is `unparseable
+    Quantity`; an invoice whose lines disagree is `invoice lines disagree` (the run report counts
+    rejects by these)."""
+    if reason.startswith("invoice ") and ": its lines disagree on " in reason:
+        return "invoice lines disagree"
+    return _QUOTED.sub("", reason).strip()
+
+
+_QUOTED = re.compile(r"\s*'(?:[^'\\]|\\.)*'|\s*\"(?:[^\"\\]|\\.)*\"")
+
+
+def rejects_by_reason(rejects: pa.Table) -> dict[str, int]:
+    """How many of `rejects` have each `reason_kind`."""
+    counts: dict[str, int] = {}
+    for entry in pc.value_counts(rejects.column("reason")).to_pylist():
+        kind = reason_kind(entry["values"])
+        counts[kind] = counts.get(kind, 0) + entry["counts"]
+    return counts

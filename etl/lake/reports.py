@@ -1,4 +1,5 @@
-"""Run reports: one JSON document per run under `<lake>/_runs/`, written whole."""
+"""Run reports: per run under `<lake>/_runs/`, a JSON document and the page people look at
+(`etl.report_page`), each written whole."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from etl.errors import LakeError
 from etl.lake import storage
+from etl.report_page import render_report_page
 from retail_contract.lake_layout import RUNS_DIR
 
 # Airflow run ids look like "scheduled__2024-01-01T00:00:00+00:00".
@@ -24,20 +26,29 @@ def write_run_report(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write `report` as `<root>/_runs/<run_id>.json` (atomically) and return its location.
+    """Write `report` as `<root>/_runs/<run_id>.json` and its page as `<run_id>.html` (each atomically);
+    returns the JSON's location.
 
-    Dates, datetimes and decimals are written as ISO / decimal strings.
+    Dates, datetimes and decimals are written as ISO / decimal strings. The page is rendered from the
+    JSON as written, so its figures are the JSON's.
     """
     if not _RUN_ID.match(run_id):
         raise ValueError(f"run_id {run_id!r} is not a safe file name")
     body = json.dumps(report, indent=2, sort_keys=True, default=_json_value, ensure_ascii=False)
+    page = render_report_page(json.loads(body))
     fs, base = storage.filesystem(root, storage_options)
     final = f"{base}/{RUNS_DIR}/{run_id}.json"
     try:
         storage.put_whole(fs, final, body.encode("utf-8") + b"\n")
+        storage.put_whole(fs, report_page_path(final), page.encode("utf-8"))
     except OSError as exc:
         raise LakeError(f"cannot write the run report at {root}: {storage.one_line(exc)}") from exc
     return storage.display(fs, final)
+
+
+def report_page_path(report_path: str) -> str:
+    """Where the page of the report at `report_path` (`....json`) is."""
+    return report_path.removesuffix(".json") + ".html"
 
 
 def _json_value(value: Any) -> Any:
@@ -50,3 +61,40 @@ def _json_value(value: Any) -> Any:
     if hasattr(value, "as_dict"):
         return value.as_dict()
     return str(value)
+
+
+def find_run_report(
+    root: str, run_id: str | None = None, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """The run report `run_id` of the lake at `root`, or its newest (last written): its location, its
+    page's, and its content. `LakeError` when there is none, or no such run."""
+    if run_id is not None and not _RUN_ID.match(run_id):
+        raise LakeError(f"{run_id!r} is not a run id")
+    fs, base = storage.filesystem(root, storage_options)
+    folder = f"{base}/{RUNS_DIR}"
+    try:
+        if run_id is None:
+            found = [
+                (path, info)
+                for path, info in storage.files_with_details(fs, folder)
+                if path.endswith(".json") and "/" not in path[len(folder) + 1 :]
+            ]
+            if not found:
+                raise LakeError(f"no run report in {root}: run retail-etl run or sync with --lake {root}")
+            path = max(found, key=lambda item: _written_at(fs, *item))[0]
+        else:
+            path = f"{folder}/{run_id}.json"
+            if not fs.exists(path):
+                raise LakeError(f"no run {run_id} in {root}")
+        with fs.open(path, "rb") as handle:
+            report: dict[str, Any] = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise LakeError(f"cannot read the run reports at {root}: {storage.one_line(exc)}") from exc
+    return storage.display(fs, path), storage.display(fs, report_page_path(path)), report
+
+
+def _written_at(fs: Any, path: str, info: Mapping[str, Any] | None) -> float:
+    if info is None:  # local: no details from the listing
+        return float(fs.info(path)["mtime"])
+    value = info.get("LastModified", info.get("mtime", 0))
+    return value.timestamp() if isinstance(value, dt.datetime) else float(value)

@@ -38,6 +38,7 @@ SETTINGS = {
 
 def only_report(lake: Path) -> dict[str, Any]:
     (path,) = (lake / "_runs").glob("*.json")
+    assert path.with_suffix(".html").is_file()  # its page, beside it
     report: dict[str, Any] = json.loads(path.read_text())
     return report
 
@@ -87,6 +88,7 @@ def test_a_scheduled_run_honours_the_settings_and_leaves_the_command_lines_repor
     assert set(from_dag) == set(from_cli)
     assert from_dag["status"] == from_cli["status"] == "reconciled"
     assert from_dag["counts"] == from_cli["counts"]
+    assert from_dag["rejects_by_reason"] == from_cli["rejects_by_reason"]
     assert set(from_dag["seconds"]) == set(from_cli["seconds"])
     assert from_dag["days"] == from_cli["days"] == [DAY]
     for side in ("service", "lake"):

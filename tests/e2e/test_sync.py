@@ -131,6 +131,12 @@ def test_the_lake_follows_every_clients_changes(service: LiveService, tmp_path: 
     assert held[("536366", 1)][4] == "2010-12-02"
     assert lake_countries(lake)["17850"] == {"France"}
     assert report["reconciliation"]["service"]["ok"] is True
+    # Its page beside it: each day it rewrote, with the service's figures the lake agreed with.
+    checked = {day["day"]: day for day in report["reconciliation"]["service"]["days"]}
+    assert sorted(checked) == [DAY, "2010-12-02"]
+    assert all(day["ok"] and day["source"] == day["other"] for day in checked.values())
+    page = (lake / "_runs" / f"{report['run_id']}.html").read_text()
+    assert all(f'<tr data-day="{day}">' in page for day in checked)
 
     # The history: each change as the feed delivered it, in commit order, its content after the change.
     kept = pq.read_table(lake / "changes").sort_by("position").to_pylist()

@@ -697,10 +697,13 @@ def test_run_report_is_written_atomically(lake: Path) -> None:
         "counts": {"lines": 3},
     }
     assert json.loads(Path(location2).read_text()) == {"ok": True}
-    assert all_files(lake / "_runs") == [
+    assert all_files(lake / "_runs") == [  # each report with its page
+        "20240101T000000Z-abc.html",
         "20240101T000000Z-abc.json",
+        "scheduled__2024-01-01T00:00:00+00:00.html",
         "scheduled__2024-01-01T00:00:00+00:00.json",
     ]
+    assert "<title>retail-etl run r1: </title>" in (lake / "_runs" / "20240101T000000Z-abc.html").read_text()
     with pytest.raises(ValueError, match="run_id"):
         write_run_report(str(lake), "../escape", {})
 
@@ -896,8 +899,8 @@ def test_memory_filesystem(sample_snapshot: ServiceSnapshot) -> None:
         assert read_lake_table(root, "invoice_lines").equals(sorted_lines(sample_snapshot.lines))
         assert read_lake_table(root, "invoices").num_rows == 449
         names = [p.removeprefix(path + "/") for p in fs.find(path)]
-        assert len(names) == 14 + 14 + 5 + 1 and not [n for n in names if n.endswith(".tmp")]
-        assert "_runs/run-1.json" in names
+        assert len(names) == 14 + 14 + 5 + 2 and not [n for n in names if n.endswith(".tmp")]
+        assert "_runs/run-1.json" in names and "_runs/run-1.html" in names
     finally:
         fs.rm(path, recursive=True)
 
