@@ -47,6 +47,14 @@ class InvalidInputError(ServiceError):
         self.status_code = status_code
 
 
+class NotAcceptableError(ServiceError):
+    """No representation the resource offers is acceptable to the request's `Accept` (406)."""
+
+    def __init__(self, offered: Sequence[str]) -> None:
+        super().__init__(f"Accept admits none of the types offered: {', '.join(offered)}")
+        self.offered = list(offered)
+
+
 class PreconditionFailedError(ServiceError):
     """A conditional write (`If-Match`, `If-None-Match`) whose condition does not hold (412)."""
 

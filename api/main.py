@@ -30,6 +30,7 @@ from api.errors import (
     ConflictError,
     InvalidBodyError,
     InvalidInputError,
+    NotAcceptableError,
     NotFoundError,
     PreconditionFailedError,
 )
@@ -242,6 +243,10 @@ def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(PreconditionFailedError)
     async def _precondition_failed(_request: Request, exc: PreconditionFailedError) -> JSONResponse:
         return JSONResponse(status_code=412, content={"detail": str(exc)})
+
+    @app.exception_handler(NotAcceptableError)
+    async def _not_acceptable(_request: Request, exc: NotAcceptableError) -> JSONResponse:
+        return JSONResponse(status_code=406, content={"detail": str(exc), "offered": exc.offered})
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:

@@ -63,7 +63,7 @@ from retail_contract.lake_layout import STAGING_DIR
 
 # 2: `_order` is the row's `source_row` (was: its position among the validated rows), and sources
 # larger than memory are staged in groups of invoices. A staging of format 1 is built again.
-STAGING_FORMAT = 2
+STAGING_FORMAT = 3
 #: Rows validated at once, in memory. A larger source is spilled to disk by invoice number and validated
 #: a group of whole invoices (at most half this) at a time, so the job's peak stays under 1 GiB at any
 #: size; the data set itself (541,909 lines) is still validated whole, as fast as before.
@@ -123,8 +123,7 @@ class Staging:
     manifest: Mapping[str, Any]
     #: "built" when this process validated the source, "reused" when it read a committed staging.
     how: str
-    #: Each file's Parquet footer once read: a 100x source has ~30,000 days, one row group each, and
-    #: parsing that footer again for every batch cost more than reading the batch.
+    #: The Parquet footers read last (a few: `_FOOTERS_KEPT`), as a run reads its days in order.
     _footers: dict[str, pq.FileMetaData] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -153,15 +152,18 @@ class Staging:
         return tuple(dt.date.fromisoformat(day) for day in self.manifest["days"])
 
     def lines_per_day(self) -> dict[dt.date, int]:
-        """Valid lines of each day, from the Parquet footer (no rows are read)."""
-        groups: Mapping[str, int] = self.manifest["row_groups"]["lines"]
-        path = f"{self.base}/{self.manifest['build']}/lines.parquet"
-        with self.fs.open(path, "rb") as handle:
-            metadata = _parquet_file(handle, path, self._footers).metadata
-            return {
-                dt.date.fromisoformat(day): metadata.row_group(index).num_rows
-                for day, index in groups.items()
-            }
+        """Valid lines of each day, from the Parquet footers (no rows are read)."""
+        groups: Mapping[str, list[int]] = self.manifest["row_groups"]["lines"]
+        by_part: dict[int, list[tuple[str, int]]] = {}
+        for day, (part, index) in groups.items():
+            by_part.setdefault(part, []).append((day, index))
+        counts: dict[dt.date, int] = {}
+        for part, days in sorted(by_part.items()):
+            path = _part_path(f"{self.base}/{self.manifest['build']}", "lines", part)
+            with self.fs.open(path, "rb") as handle:
+                metadata = _parquet_file(handle, path, self._footers).metadata
+                counts.update((dt.date.fromisoformat(day), metadata.row_group(i).num_rows) for day, i in days)
+        return counts
 
     def read(self, days: DayRange | Sequence[dt.date]) -> ValidatedSource:
         """The lines and rejects of `days` (a range, or those days), as `validate` returns them: the
@@ -260,8 +262,8 @@ def _build(
         if is_local_filesystem(fs):
             os.makedirs(folder, exist_ok=True)
         release_free_heap()
-        lines_written = _write_by_day(fs, f"{folder}/lines.parquet", line_runs, LINE_SCHEMA)
-        rejects_written = _write_by_day(fs, f"{folder}/rejects.parquet", reject_runs, REJECT_SCHEMA)
+        lines_written = _write_by_day(fs, folder, "lines", line_runs, LINE_SCHEMA)
+        rejects_written = _write_by_day(fs, folder, "rejects", reject_runs, REJECT_SCHEMA)
     days = sorted({*lines_written.groups, *rejects_written.groups} - {_UNDATED})
     manifest = {
         "format": STAGING_FORMAT,
@@ -576,8 +578,51 @@ class _Run:
 @dataclass(frozen=True)
 class _Written:
     rows: int
-    #: The row group of each day (`_UNDATED`: the rows without a day).
-    groups: dict[str, int]
+    #: The [file part, row group] of each day (`_UNDATED`: the rows without a day).
+    groups: dict[str, list[int]]
+
+
+#: Days (row groups) per staging file. A footer is parsed whole and held while its file is written or
+#: read: one file for a 100x source's 30,000 days had a footer of 265 MiB in memory.
+DAYS_PER_FILE = 512
+#: Footers kept once read: a run reads its days in order, so the file of its next batch is the same or
+#: the next one.
+_FOOTERS_KEPT = 2
+
+
+def _part_path(folder: str, table: str, part: int) -> str:
+    return f"{folder}/{table}-{part:05d}.parquet"
+
+
+class _PartWriter:
+    """Row groups into `table-00000.parquet`, `table-00001.parquet`, ..., `DAYS_PER_FILE` per file."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, folder: str, table: str, schema: pa.Schema) -> None:
+        self.fs, self.folder, self.table, self.schema = fs, folder, table, schema
+        self.part, self.groups_in_part = -1, DAYS_PER_FILE
+        self._out: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, rows: pa.Table) -> list[int]:
+        """Write `rows` as one row group; returns where: [file part, row group]."""
+        if self.groups_in_part == DAYS_PER_FILE:
+            self.close()
+            self.part, self.groups_in_part = self.part + 1, 0
+            self._out = self.fs.open(_part_path(self.folder, self.table, self.part), "wb")
+            # No statistics: days are found by row group index, and a file's statistics are held
+            # until it closes (30,000 row groups of them held the writer at +160 MiB).
+            self._writer = pq.ParquetWriter(self._out, self.schema, compression="lz4", write_statistics=False)
+        assert self._writer is not None
+        self._writer.write_table(rows, row_group_size=max(rows.num_rows, 1))
+        self.groups_in_part += 1
+        return [self.part, self.groups_in_part - 1]
+
+    def close(self) -> None:
+        """Finish the open file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._out.close()
+            self._writer = self._out = None
 
 
 def _day_keys(table: pa.Table) -> npt.NDArray[np.int64]:
@@ -587,24 +632,20 @@ def _day_keys(table: pa.Table) -> npt.NDArray[np.int64]:
 
 
 def _write_by_day(
-    fs: fsspec.AbstractFileSystem, path: str, runs: Sequence[_Run], schema: pa.Schema
+    fs: fsspec.AbstractFileSystem, folder: str, table: str, runs: Sequence[_Run], schema: pa.Schema
 ) -> _Written:
-    """The runs' rows in one Parquet file, one row group per invoice day in day order, source order
-    inside a day (`_ORDER`): a merge of the sorted runs, a day at a time, so only a slice of each run
-    and one day's rows are in memory."""
+    """The runs' rows in Parquet files of `table` under `folder`, one row group per invoice day in day
+    order (`DAYS_PER_FILE` per file), source order inside a day (`_ORDER`): a merge of the sorted runs,
+    a day at a time, so only a slice of each run and one day's rows are in memory."""
     ordered_schema = schema.append(pa.field(_ORDER, pa.int64()))
-    groups: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
     rows = 0
     # The runs by the day of their next row: each day asks only the runs that hold it (a 100x source
     # has ~30,000 days and ~180 runs, mostly of their own days).
     heads = [(key, index) for index, run in enumerate(runs) if (key := run.head()) is not None]
     heapq.heapify(heads)
-    # No statistics: days are found by row group index, and 30,000 row groups of statistics held the
-    # writer at +160 MiB (+25 MiB without).
-    with (
-        fs.open(path, "wb") as out,
-        pq.ParquetWriter(out, ordered_schema, compression="lz4", write_statistics=False) as writer,
-    ):
+    writer = _PartWriter(fs, folder, table, ordered_schema)
+    try:
         while heads:
             key = heads[0][0]
             parts: list[pa.Table] = []
@@ -617,11 +658,10 @@ def _write_by_day(
             if len(parts) > 1:
                 day = day.sort_by(_ORDER)
             name = _UNDATED if key == _NO_DAY else (_EPOCH + dt.timedelta(days=key)).isoformat()
-            groups[name] = len(groups)
-            writer.write_table(day, row_group_size=max(day.num_rows, 1))
+            groups[name] = writer.write(day)
             rows += day.num_rows
-        if not groups:  # an empty table still makes a readable file
-            writer.write_table(ordered_schema.empty_table())
+    finally:
+        writer.close()
     return _Written(rows, groups)
 
 
@@ -633,14 +673,14 @@ def _read(
     footers: dict[str, pq.FileMetaData],
 ) -> ValidatedSource:
     folder = f"{base}/{manifest['build']}"
-    groups: Mapping[str, Mapping[str, int]] = manifest["row_groups"]
+    groups: Mapping[str, Mapping[str, list[int]]] = manifest["row_groups"]
     if isinstance(days, DayRange):
         wanted = [day for day in manifest["days"] if days.contains(dt.date.fromisoformat(day))]
     else:
         wanted = [day.isoformat() for day in sorted(days)]
-    lines = _read_groups(fs, f"{folder}/lines.parquet", groups["lines"], wanted, LINE_SCHEMA, footers)
+    lines = _read_groups(fs, folder, "lines", groups["lines"], wanted, LINE_SCHEMA, footers)
     rejects = _read_groups(
-        fs, f"{folder}/rejects.parquet", groups["rejects"], [_UNDATED, *wanted], REJECT_SCHEMA, footers
+        fs, folder, "rejects", groups["rejects"], [_UNDATED, *wanted], REJECT_SCHEMA, footers
     )
     present = pc.unique(
         pa.chunked_array(
@@ -656,24 +696,35 @@ def _read(
 
 def _read_groups(
     fs: fsspec.AbstractFileSystem,
-    path: str,
-    groups: Mapping[str, int],
+    folder: str,
+    table: str,
+    groups: Mapping[str, list[int]],
     keys: Sequence[str],
     schema: pa.Schema,
     footers: dict[str, pq.FileMetaData],
 ) -> pa.Table:
-    indices = sorted(groups[key] for key in keys if key in groups)
-    if not indices:
+    by_part: dict[int, list[int]] = {}
+    for part, index in sorted(groups[key] for key in keys if key in groups):
+        by_part.setdefault(part, []).append(index)
+    if not by_part:
         return schema.empty_table()
-    with fs.open(path, "rb") as handle:
-        table = _parquet_file(handle, path, footers).read_row_groups(indices)
-    if len(indices) > 1:  # several days: back to source order
-        table = table.sort_by(_ORDER)
-    return table.drop_columns([_ORDER]).cast(schema).combine_chunks()
+    pieces = []
+    for part, indices in by_part.items():
+        path = _part_path(folder, table, part)
+        with fs.open(path, "rb") as handle:
+            pieces.append(_parquet_file(handle, path, footers).read_row_groups(indices))
+    read = pa.concat_tables(pieces)
+    if sum(len(indices) for indices in by_part.values()) > 1:  # several days: back to source order
+        read = read.sort_by(_ORDER)
+    return read.drop_columns([_ORDER]).cast(schema).combine_chunks()
 
 
 def _parquet_file(handle: Any, path: str, footers: dict[str, pq.FileMetaData]) -> pq.ParquetFile:
-    """The Parquet file open on `handle`, its footer parsed once per path (a staging never changes)."""
+    """The Parquet file open on `handle`, its footer parsed once while it is among the last
+    `_FOOTERS_KEPT` read (a staging never changes)."""
     opened = pq.ParquetFile(handle, metadata=footers.get(path))
-    footers.setdefault(path, opened.metadata)
+    if path not in footers:
+        if len(footers) >= _FOOTERS_KEPT:
+            del footers[next(iter(footers))]  # the oldest
+        footers[path] = opened.metadata
     return opened

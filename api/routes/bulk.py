@@ -6,18 +6,20 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from fastapi import Depends, Header, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from api import arrow_pages, arrow_writes, cache, models, schemas
 from api.auth.security import READ
+from api.core import representation
 from api.core.fastjson import OrjsonRoute
 from api.crud import customers, invoice_pages, invoice_store
 from api.deps import SecuredRouter, SessionDep, requires
-from api.routes.contract import DATA_ROUTE_ERRORS, add_head_route
+from api.routes.contract import DATA_ROUTE_ERRORS, AcceptHeader, add_head_route, negotiated_ok
 from retail_contract import wire
 
 logger = logging.getLogger(__name__)
@@ -209,14 +211,16 @@ def compare_invoices(session: SessionDep, body: schemas.InvoiceHashes) -> schema
     "/invoices",
     response_model=schemas.InvoicePage,
     responses={
+        **negotiated_ok({wire.ARROW_STREAM: {}}),
         200: {
-            "content": {wire.ARROW_STREAM: {}},
+            **negotiated_ok({wire.ARROW_STREAM: {}})[200],
             "description": (
-                "The page as JSON (`InvoicePage`), or, when `Accept` names "
-                f"`{wire.ARROW_STREAM}`, as one Arrow record batch of invoices with their lines "
-                f"and the next page's cursor in the `{wire.NEXT_CURSOR_HEADER}` header"
+                "The page as JSON (`InvoicePage`); as CSV (a row per line) or XML by `Accept`; or, when "
+                f"`Accept` names `{wire.ARROW_STREAM}`, as one Arrow record batch of invoices with their "
+                f"lines. CSV, XML and Arrow carry the next page's cursor in the `{wire.NEXT_CURSOR_HEADER}` "
+                "header"
             ),
-        }
+        },
     },
 )
 def read_invoices(
@@ -225,10 +229,11 @@ def read_invoices(
     end: EndQuery = None,
     limit: LimitQuery = 1000,
     cursor: InvoiceCursorQuery = None,
-    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    accept: AcceptHeader = None,
 ) -> Response:
     """Invoices of the days [start, end] with their lines, ordered by (invoice_day, invoice_no)."""
-    if arrow_pages.wants_arrow(accept):
+    media_type = None if arrow_pages.wants_arrow(accept) else representation.choose(accept)
+    if media_type is None:
         stream, next_cursor = invoice_pages.read_invoices_page_arrow(
             session, start=start, end=end, limit=limit, cursor=cursor
         )
@@ -236,19 +241,41 @@ def read_invoices(
         return Response(content=stream, media_type=wire.ARROW_STREAM, headers=headers)
     # Already JSON in the shape of `InvoicePage` (the response_model, which documents it).
     page = invoice_pages.read_invoices_page(session, start=start, end=end, limit=limit, cursor=cursor)
-    return Response(content=page, media_type="application/json")
+    if media_type == representation.JSON:
+        return Response(content=page, media_type=representation.JSON, headers={"Vary": "Accept"})
+    return _page_in(media_type, page, root="invoice_page")
 
 
-@router.get("/customers", response_model=schemas.CustomerPage)
+@router.get("/customers", response_model=schemas.CustomerPage, responses=negotiated_ok())
 def read_customers(
     session: SessionDep,
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = 1000,
     cursor: CustomerCursorQuery = None,
-) -> schemas.CustomerPage:
-    """Customers with an invoice in the days [start, end], ordered by customer_id."""
-    return customers.read_customers_page(session, start=start, end=end, limit=limit, cursor=cursor)
+    accept: AcceptHeader = None,
+) -> Response:
+    """Customers with an invoice in the days [start, end], ordered by customer_id; JSON, CSV (a row per
+    customer, the next page's cursor in a header) or XML by `Accept`."""
+    media_type = representation.choose(accept)
+    page = customers.read_customers_page(session, start=start, end=end, limit=limit, cursor=cursor)
+    body = page.model_dump_json().encode()
+    if media_type == representation.JSON:
+        return Response(content=body, media_type=representation.JSON, headers={"Vary": "Accept"})
+    return _page_in(media_type, body, root="customer_page")
+
+
+def _page_in(media_type: str, page: bytes, *, root: str) -> Response:
+    """A page (`items`, `next_cursor`) as CSV (its items' rows; the cursor in a header) or XML."""
+    cursor = orjson.loads(page).get("next_cursor")
+    headers = {wire.NEXT_CURSOR_HEADER: cursor} if cursor is not None else None
+    return representation.respond(
+        page,
+        media_type,
+        root=root,
+        rows=lambda document: representation.csv_rows(document["items"]),
+        headers=headers,
+    )
 
 
 add_head_route(router, "/invoices", read_invoices)

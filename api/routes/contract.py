@@ -30,6 +30,7 @@ _DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request (an invalid Content-Length)",
     401: "Missing or invalid credentials",
     404: "Not found",
+    406: "Not Acceptable: `Accept` admits none of the types offered (`offered` lists them)",
     409: "Conflicts with stored data",
     412: "Precondition Failed: `If-Match` / `If-None-Match` does not hold for the current state",
     413: "Request body over the service's limit",
@@ -123,6 +124,33 @@ def merge_patch_body(schema: dict[str, Any], example: dict[str, Any]) -> dict[st
     }
 
 
+#: `Accept`, which the negotiated reads read (documented on the responses, not as a parameter).
+AcceptHeader = Annotated[str | None, Header(include_in_schema=False)]
+
+#: The other representations a resource read offers besides JSON (`api.core.representation`).
+NEGOTIATED_CONTENT: dict[str, Any] = {
+    "text/csv": {
+        "schema": {"type": "string"},
+        "example": "customer_id,country\r\n17850,United Kingdom\r\n",
+    },
+    "application/xml": {
+        "schema": {"type": "string"},
+        "example": "<customer><customer_id>17850</customer_id><country>United Kingdom</country></customer>",
+    },
+}
+_NEGOTIATED_HEADERS = {
+    **_ETAG_HEADER,
+    "Vary": {"description": "Accept: the representation follows it", "schema": {"type": "string"}},
+}
+
+
+def negotiated_ok(extra: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries of a negotiated read: 200 in JSON, CSV or XML (by `Accept`, each with its
+    own ETag), and 406 when `Accept` admits none of them."""
+    ok = {"headers": _NEGOTIATED_HEADERS, "content": {**NEGOTIATED_CONTENT, **(extra or {})}}
+    return {200: ok, **errors(406)}
+
+
 def get_with_head(
     router: APIRouter,
     path: str,
@@ -132,16 +160,17 @@ def get_with_head(
     **kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated endpoint for GET `path` and for HEAD `path` (the GET's headers, its ETag
-    and Content-Length included, without the body). The endpoint reads `request.method` to leave the
-    body out (`api.core.etag.json_response`)."""
+    and Content-Length included, without the body), both negotiating JSON, CSV or XML by `Accept`. The
+    endpoint reads `request.method` to leave the body out (`api.core.representation.respond`)."""
 
     def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ok = negotiated_ok(responses.get(200, {}).get("content"))
         router.add_api_route(
             path,
             endpoint,
             methods=["GET"],
             response_model=response_model,
-            responses={200: {"headers": _ETAG_HEADER}, **errors(304), **responses},
+            responses={**errors(304), **responses, **ok},
             **kwargs,
         )
         router.add_api_route(
@@ -154,8 +183,8 @@ def get_with_head(
             summary=f"Headers of GET {path}",
             description="The headers GET would send (ETag, Content-Length), without the body.",
             responses={
-                200: {"description": "The GET's headers", "headers": _ETAG_HEADER},
-                **errors(304),
+                200: {"description": "The GET's headers", "headers": _NEGOTIATED_HEADERS},
+                **errors(304, 406),
                 **{
                     code: {"description": entry.get("description", "See GET")}
                     for code, entry in responses.items()

@@ -8,13 +8,14 @@ from fastapi import Body, Request, Response, status
 from sqlalchemy.orm import Session
 
 from api import cache, schemas
-from api.core import etag
+from api.core import etag, representation
 from api.crud import customers as crud
 from api.crud import invoices as invoice_crud
 from api.deps import CustomerIdPath, SecuredRouter, SessionDep, reading, reading_rows
 from api.errors import NotFoundError
 from api.routes.contract import (
     DATA_ROUTE_ERRORS,
+    AcceptHeader,
     IfMatch,
     IfNoneMatch,
     errors,
@@ -44,9 +45,13 @@ def create_customer(request: Request, session: SessionDep, customer: schemas.Cus
     router, "/customer/{customer_id}", response_model=schemas.CustomerPublic, responses=errors(404)
 )
 async def read_customer(
-    request: Request, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+    request: Request,
+    customer_id: CustomerIdPath,
+    if_none_match: IfNoneMatch = None,
+    accept: AcceptHeader = None,
 ) -> Response:
-    """One customer, with its ETag; 304 when `If-None-Match` names it."""
+    """One customer, with its ETag; 304 when `If-None-Match` names it. JSON, CSV or XML by `Accept`."""
+    media_type = representation.choose(accept)
     # Resource GETs are coroutines that await the cache and hand the database read to the thread pool
     # once (`reading_rows`, `reading`): a plain `def` handler with a session dependency costs several
     # thread hops per request. A cached entry carries the ETag of its bytes, so a hit answers 304 and
@@ -60,7 +65,14 @@ async def read_customer(
     )
     if found is None:
         raise NotFoundError(f"customer {customer_id} not found")
-    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)
+    return representation.respond(
+        found.body,
+        media_type,
+        root="customer",
+        method=request.method,
+        if_none_match=if_none_match,
+        json_etag=found.etag,
+    )
 
 
 @router.put(
@@ -157,9 +169,14 @@ def create_customer_invoice(
     },
 )
 async def read_customer_invoice_links(
-    request: Request, customer_id: CustomerIdPath, if_none_match: IfNoneMatch = None
+    request: Request,
+    customer_id: CustomerIdPath,
+    if_none_match: IfNoneMatch = None,
+    accept: AcceptHeader = None,
 ) -> Response:
-    """Links to the customer's invoices: `{"id_536365": "/invoice/536365", ...}`."""
+    """Links to the customer's invoices: `{"id_536365": "/invoice/536365", ...}` (CSV: a row per invoice,
+    `invoice_no,url`). JSON, CSV or XML by `Accept`."""
+    media_type = representation.choose(accept)
 
     def links(session: Session) -> bytes:
         return invoice_crud.to_json(crud.customer_invoice_links(session, customer_id=customer_id))
@@ -173,4 +190,16 @@ async def read_customer_invoice_links(
         etag=etag.etag_of,
     )
     assert found is not None  # an unknown customer raised NotFoundError
-    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)
+    return representation.respond(
+        found.body,
+        media_type,
+        root="invoice_links",
+        method=request.method,
+        if_none_match=if_none_match,
+        json_etag=found.etag,
+        rows=_link_rows,
+    )
+
+
+def _link_rows(links: dict[str, str]) -> list[dict[str, str]]:
+    return [{"invoice_no": key.removeprefix("id_"), "url": url} for key, url in links.items()]

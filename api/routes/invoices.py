@@ -7,13 +7,14 @@ from typing import Annotated, Any
 from fastapi import Body, Request, Response, status
 
 from api import cache, schemas
-from api.core import etag
+from api.core import etag, representation
 from api.crud import common
 from api.crud import invoices as crud
 from api.deps import InvoiceNoPath, SecuredRouter, SessionDep, StockCodePath, reading_rows
 from api.errors import NotFoundError
 from api.routes.contract import (
     DATA_ROUTE_ERRORS,
+    AcceptHeader,
     IfMatch,
     IfNoneMatch,
     errors,
@@ -45,9 +46,14 @@ def create_invoice(
 
 @get_with_head(router, "/invoice/{invoice_no}", response_model=schemas.InvoicePublic, responses=errors(404))
 async def read_invoice(
-    request: Request, invoice_no: InvoiceNoPath, if_none_match: IfNoneMatch = None
+    request: Request,
+    invoice_no: InvoiceNoPath,
+    if_none_match: IfNoneMatch = None,
+    accept: AcceptHeader = None,
 ) -> Response:
-    """One invoice with all its lines, with its ETag; 304 when `If-None-Match` names it."""
+    """One invoice with all its lines, with its ETag; 304 when `If-None-Match` names it. JSON, CSV (a
+    row per line, the invoice's fields on each) or XML by `Accept`."""
+    media_type = representation.choose(accept)
     # A coroutine that awaits the cache and reads the database in the thread pool once; a cached entry
     # carries its ETag (see api/routes/customers.py, read_customer).
     found = await cache.read_through(
@@ -59,7 +65,14 @@ async def read_invoice(
     )
     if found is None:
         raise NotFoundError(f"invoice {invoice_no} not found")
-    return etag.json_response(found.body, method=request.method, if_none_match=if_none_match, etag=found.etag)
+    return representation.respond(
+        found.body,
+        media_type,
+        root="invoice",
+        method=request.method,
+        if_none_match=if_none_match,
+        json_etag=found.etag,
+    )
 
 
 def _invalidate_invoice(request: Request, invoice_no: str, touched: common.Touched) -> None:
@@ -171,10 +184,15 @@ def read_invoice_lines(
     invoice_no: InvoiceNoPath,
     stockcode: StockCodePath,
     if_none_match: IfNoneMatch = None,
+    accept: AcceptHeader = None,
 ) -> Response:
-    """The invoice's lines with this stock code (several lines can carry the same code)."""
+    """The invoice's lines with this stock code (several lines can carry the same code). JSON, CSV or
+    XML by `Accept`."""
+    media_type = representation.choose(accept)
     body = crud.lines_json(session, invoice_no=invoice_no, stock_code=stockcode)
-    return etag.json_response(body, method=request.method, if_none_match=if_none_match)
+    return representation.respond(
+        body, media_type, root="lines", method=request.method, if_none_match=if_none_match
+    )
 
 
 @router.delete(

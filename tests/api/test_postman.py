@@ -81,6 +81,17 @@ def test_collection_covers_every_endpoint_with_assertions(sqlite_url: str) -> No
             assert any(m == method.upper() and pattern.match(p) for m, p in sent), f"{method.upper()} {path}"
 
 
+def test_collection_asks_for_each_representation() -> None:
+    requests = requests_of(json.loads(COLLECTION.read_text())["item"])
+    accepted = {
+        header["value"].split(";")[0].split(",")[0].strip()
+        for request in requests
+        for header in request["request"].get("header", [])
+        if header["key"].lower() == "accept"
+    }
+    assert {"text/csv", "application/xml", "text/*", "image/png"} <= accepted  # each type, a range, a 406
+
+
 def test_newman_runs_the_collection_against_a_live_service(sqlite_url: str, tmp_path: Path) -> None:
     newman = find_newman()
     report = tmp_path / "newman.json"

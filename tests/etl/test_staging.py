@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import etl.staging
 from etl.dialect import SourceOptions
 from etl.load import load_source
 from etl.schema import DayRange, ValidatedSource
@@ -69,6 +70,28 @@ def test_every_day_and_range_is_what_validating_the_source_gives(
         _assert_same(staged.validated, validate(raw, days))
     assert staged.dialect == raw.dialect.describe()
     assert staged.source_rows == raw.num_rows
+
+
+def test_days_spread_over_files_of_a_few_days_read_as_from_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A staging's footers stay small whatever the days: `DAYS_PER_FILE` row groups per file, and a
+    # reader keeps the footers of the last two files only.
+    source = tmp_path / "mixed.csv"
+    source.write_text(MIXED)
+    raw = load_source(str(source))
+    everything = validate(raw, DayRange())
+    monkeypatch.setattr(etl.staging, "DAYS_PER_FILE", 2)
+    staging = stage_source(str(source), str(tmp_path / "lake"))
+    folder = Path(staging.base) / staging.manifest["build"]
+    days_and_undated = len(everything.days) + 1
+    assert len(list(folder.glob("lines-*.parquet"))) == -(-len(everything.days) // 2) >= 2
+    assert len(list(folder.glob("rejects-*.parquet"))) <= -(-days_and_undated // 2)
+    expected = {day: n for day, n in Counter(everything.lines.column("invoice_day").to_pylist()).items()}
+    assert staging.lines_per_day() == expected
+    for days in _ranges(everything.days):
+        _assert_same(staging.read(days), validate(raw, days))
+        assert len(staging._footers) <= 2
 
 
 def _files(folder: Path) -> dict[Path, tuple[int, bytes]]:
