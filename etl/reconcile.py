@@ -11,7 +11,6 @@ Two checks, both per invoice day:
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import ReconciliationError
+from etl.json_texts import JsonTexts, compact
 from etl.schema import LINE_SCHEMA
 
 KEY = ("invoice_no", "line_no")
@@ -443,7 +443,7 @@ class RunReconciliation:
         if part.label != self.label:
             raise ValueError(f"a {part.label} check added to the run's {self.label} check")
         self.batches += 1
-        self._days.extend(json.dumps(day.to_dict(), separators=(",", ":")) for day in part.days)
+        self._days.extend(compact(day.to_dict()) for day in part.days)
         differing = part.differing_days
         self._differing_count += len(differing)
         self._differing.extend(differing[: SHOWN_DAYS - len(self._differing)])
@@ -480,7 +480,7 @@ class RunReconciliation:
             ),
             "totals": {"source": source.to_dict(), "other": other.to_dict()},
             "rows": self._rows.to_dict(),
-            "days": [json.loads(day) for day in self._days],
+            "days": JsonTexts(self._days),  # written as they are (`etl.lake.reports`)
         }
 
 

@@ -33,6 +33,7 @@ import etl.lake.commit
 import etl.lake.publish
 import etl.lake.storage
 from etl.errors import LakeError
+from etl.json_texts import JsonTexts, compact
 from etl.lake import TABLE_SCHEMAS, TABLES, read_lake_table, write_lake, write_run_report
 from etl.schema import (
     INVOICE_SCHEMA,
@@ -697,6 +698,19 @@ def test_run_report_is_written_atomically(lake: Path) -> None:
         "counts": {"lines": 3},
     }
     assert json.loads(Path(location2).read_text()) == {"ok": True}
+    # Records kept as encoded texts are written as they are, one per line, inside the indented document.
+    texts = JsonTexts([compact({"day": "2010-12-01", "n": 1}), compact({"day": "2010-12-02", "n": 2})])
+    location3 = write_run_report(
+        str(lake), "r3", {"checks": {"days": texts, "ok": True}, "when": dt.date(2010, 12, 1)}
+    )
+    written = Path(location3).read_text()
+    assert json.loads(written) == {
+        "checks": {"days": [{"day": "2010-12-01", "n": 1}, {"day": "2010-12-02", "n": 2}], "ok": True},
+        "when": "2010-12-01",
+    }
+    assert '\n      {"day":"2010-12-01","n":1},\n' in written
+    (lake / "_runs" / "r3.json").unlink()
+    (lake / "_runs" / "r3.html").unlink()
     assert all_files(lake / "_runs") == [  # each report with its page
         "20240101T000000Z-abc.html",
         "20240101T000000Z-abc.json",
