@@ -101,7 +101,7 @@ def test_the_s3_lake_holds_the_local_lakes_rows_and_a_rerun_commits_nothing(
     assert lines.num_rows == 8326
     fs = fsspec.filesystem("s3", **options)
     bucket_path = remote.removeprefix("s3://")
-    assert len(fs.find(f"{bucket_path}/_runs")) == 2
+    assert len(fs.find(f"{bucket_path}/_runs")) == 2 * 2  # two runs, each a report and its page
 
     def names(paths: list[str], prefix: str) -> list[str]:
         return sorted(p.removeprefix(prefix).split(".")[0] for p in paths)

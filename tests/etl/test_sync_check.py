@@ -79,7 +79,14 @@ def test_the_lakes_figures_are_exact(lake: Path) -> None:
 def test_a_day_equal_on_both_sides_passes(lake: Path) -> None:
     sync = checker(lake)
     asyncio.run(sync._check(Service(as_answer(true_figures(lake)), []), [DAY], after="7"))  # type: ignore[arg-type]
-    assert sync.report.reconciliation["service"] == {"ok": True, "days_checked": 1}
+    true = true_figures(lake)
+    figures = {"lines": true.lines, "invoices": true.invoices, "amount": str(true.amount)}
+    assert sync.report.reconciliation["service"] == {
+        "ok": True,
+        "days_checked": 1,
+        # The day as the run's page shows it: the service's figures and the lake's.
+        "days": [{"day": DAY.isoformat(), "ok": True, "source": figures, "other": figures}],
+    }
 
 
 def test_a_day_that_differs_fails_naming_both_sides(lake: Path) -> None:
