@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 #: Name resolution fails for every host but loopback, so a page that needs a CDN shows it.
 _OFFLINE = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
@@ -29,9 +30,17 @@ def chromium() -> str:
     return found
 
 
-def render(url: str, *, budget_ms: int = 10_000) -> RenderedPage:
+def render(
+    url: str,
+    *,
+    budget_ms: int = 10_000,
+    screenshot: Path | None = None,
+    window: tuple[int, int] = (1400, 900),
+) -> RenderedPage:
     """Load `url` in headless Chromium, offline but for loopback, and let its scripts run for up to
-    `budget_ms` of virtual time."""
+    `budget_ms` of virtual time; with `screenshot`, also save what a `window`-sized browser shows (PNG),
+    from the same load as the DOM."""
+    shot = [f"--screenshot={screenshot}", "--hide-scrollbars"] if screenshot is not None else []
     done = subprocess.run(
         [
             chromium(),
@@ -43,6 +52,8 @@ def render(url: str, *, budget_ms: int = 10_000) -> RenderedPage:
             "--enable-logging=stderr",
             "--v=0",
             f"--virtual-time-budget={budget_ms}",
+            f"--window-size={window[0]},{window[1]}",
+            *shot,
             "--dump-dom",
             url,
         ],
