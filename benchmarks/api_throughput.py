@@ -1,7 +1,7 @@
-"""Requests per second of the service's resource GETs against a bare FastAPI + SQLAlchemy floor.
+"""Requests per second of the service's resource GETs against the lean FastAPI + SQLAlchemy Core route.
 
-    .venv/bin/python benchmarks/api_throughput.py [--start 2010-12-01 --end 2010-12-31] [--rounds 1]
-        [--threads 2 --connections 32 --duration 10] [--redis-url redis://127.0.0.1:6379/0]
+    .venv/bin/python benchmarks/api_throughput.py [--start 2010-12-01 --end 2010-12-31] [--rounds 3]
+        [--threads 2 --connections 32 --duration 10] [--redis-url redis://127.0.0.1:6379/0] [--profile]
 
 What it does, all with real processes:
 
@@ -10,20 +10,25 @@ What it does, all with real processes:
 2. Picks up to `--ids` real customer ids and invoice numbers from that file (seeded, so reruns ask for the
    same rows) and writes wrk Lua scripts that rotate over them, each wrk thread from its own offset, so no
    run hammers one hot row.
-3. For each target in turn, alone on the machine: the bare app (`benchmarks/bare_app.py`), the service
-   (one uvicorn worker, as deployed: the bootstrap API key, middleware, logs at INFO to a file), the
-   same service called with a client's API key (`service-key`: a read-scoped `rk_...` key from
-   `retail-api keys create`, which costs one indexed lookup per request, uncached so that a revocation
-   holds at once; no goal of its own), and the service with `REDIS_URL` (its cache warmed by one GET
-   of every path first). Each is measured with wrk on
+3. For each target in turn, alone on the machine: the lean route (`benchmarks/bare_app.py`: Core on a
+   pooled connection, no ORM session, no dependency), the service (one uvicorn worker, as deployed:
+   middleware, logs at INFO to a file) called with the bootstrap key (`service`), with a client's key
+   (`service-key`: a read-scoped `rk_...` key from `retail-api keys create`) and with an OAuth2 access
+   token (`service-token`: client credentials from `retail-api clients create`, a token from
+   `POST /token`), all uncached, and the service with `REDIS_URL` (`cached`: its cache warmed by one
+   GET of every path first). Each is measured with wrk on
    `GET /customer/{id}` and `GET /invoice/{no}` (`--connections`), then once more at 64 connections on
    both paths mixed, counting socket errors, timeouts and non-2xx answers.
 4. Prints req/s per target and path (the median over `--rounds`), the ratios service ÷ bare and
    cached ÷ bare measured in the same run, the errors at 64 connections, the cache's hits and misses
    from `/metrics`, the load average before and after (the figures are only comparable on a quiet
    machine), the wall time and the peak memory of every process.
+5. With `--profile`, once more per service target and path, wrk while py-spy samples the worker: what
+   each request pays for authentication, rate limiting, metrics, the access log, the ETag, serialization,
+   the query and the framework (`benchmarks/request_costs.py` says how samples are given to costs).
 
-Targets (issue 16): service ≥ 0.8x bare, cached ≥ 1.5x bare, zero errors at 64 connections.
+Goals (issue 32): a client's key and a token ≥ 0.9x the lean route, cached ≥ 2x, zero errors at 64
+connections. The bootstrap key is reported beside them, without a goal of its own.
 """
 
 from __future__ import annotations
@@ -55,16 +60,19 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.request_costs import COSTS, CostTable, attribute, py_spy, record  # noqa: E402
 from tests.support.job import SAMPLE, job_command  # noqa: E402
 from tests.support.service import free_port, live_service  # noqa: E402
 
 DATASET = ROOT.parent / "shared" / "datasets" / "online_retail" / "online_retail.csv.gz"
 API_KEY = "bench-key"
 PATHS = {"customer": "/customer/{}", "invoice": "/invoice/{}"}
-TARGETS = ("bare", "service", "service-key", "cached")
-GOALS = {"service": 0.8, "cached": 1.5}
-#: The targets that send a client's `rk_...` key (`retail-api keys create`) instead of the bootstrap key.
-CLIENT_KEY_TARGETS = ("service-key",)
+TARGETS = ("bare", "service", "service-key", "service-token", "cached")
+GOALS = {"service-key": 0.9, "service-token": 0.9, "cached": 2.0}
+#: The service targets profiled by `--profile`: how clients call it, uncached.
+PROFILED = ("service-key", "service-token")
+#: Tokens outlive the benchmark: each target's service is a new process, signing with the same secret.
+TOKEN_SETTINGS = {"TOKEN_SECRET": secrets.token_hex(32), "TOKEN_EXPIRE_SECONDS": "86400"}
 
 # A wrk script: rotate over PATHS_TABLE from a per-thread offset; print the summary as one JSON line.
 WRK_LUA = """
@@ -76,7 +84,7 @@ function setup(thread)
 end
 function init(args)
   position = offset or 0
-  wrk.headers["X-API-Key"] = "%(api_key)s"
+  wrk.headers["%(header)s"] = "%(value)s"
 end
 function request()
   position = position + 1
@@ -116,6 +124,29 @@ class TargetRun:
     stress: WrkResult | None = None
     peak_rss: int = 0
     cache: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, CostTable] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the clients of the service targets hold: a client's key and an OAuth2 client."""
+
+    client_key: str
+    client_id: str
+    client_secret: str
+
+    def header(self, target_name: str, url: str) -> tuple[str, str]:
+        """The header `target_name` sends (a token is asked of the running target itself)."""
+        if target_name == "service-key":
+            return "X-API-Key", self.client_key
+        if target_name == "service-token":
+            form = {"grant_type": "client_credentials", "client_id": self.client_id}
+            form |= {"client_secret": self.client_secret, "scope": "read"}
+            answer = httpx.post(f"{url}/token", data=form, timeout=30)
+            if answer.status_code != 200:
+                sys.exit(f"POST /token answered {answer.status_code}: {answer.text[:300]}")
+            return "Authorization", f"Bearer {answer.json()['access_token']}"
+        return "X-API-Key", API_KEY
 
 
 class PeakRss:
@@ -172,22 +203,30 @@ def pick_ids(database: Path, count: int) -> dict[str, list[str]]:
     return {"customer": customers[:count], "invoice": invoices[:count]}
 
 
-def write_lua(path: Path, paths: list[str], api_key: str = API_KEY) -> Path:
-    """A wrk script rotating over `paths`, sending `api_key`."""
+def write_lua(path: Path, paths: list[str], header: tuple[str, str] = ("X-API-Key", API_KEY)) -> Path:
+    """A wrk script rotating over `paths`, sending the header `header` (name, value)."""
     quoted = ",".join(json.dumps(p) for p in paths)
-    path.write_text(WRK_LUA % {"paths": quoted, "api_key": api_key})
+    path.write_text(WRK_LUA % {"paths": quoted, "header": header[0], "value": header[1]})
     return path
 
 
-def create_client_key(database_url: str) -> str:
-    """A read-scoped client API key stored in the database, made with the `retail-api` command."""
-    command = [str(Path(sys.executable).with_name("retail-api")), "keys", "create"]
-    command += ["--name", f"bench-{secrets.token_hex(4)}", "--scopes", "read"]
+def _retail_api(database_url: str, *args: str) -> str:
+    """`retail-api <args>` against the database; its stdout."""
+    command = [str(Path(sys.executable).with_name("retail-api")), *args]
     env = {**os.environ, "DATABASE_URL": database_url}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        sys.exit(f"retail-api keys create failed (exit {done.returncode}): {done.stderr.strip()}")
-    return done.stdout.strip().splitlines()[-1]
+        sys.exit(f"retail-api {' '.join(args[:2])} failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def create_credentials(database_url: str) -> Credentials:
+    """A read-scoped client key and a read-scoped OAuth2 client, made with the `retail-api` command."""
+    name = f"bench-{secrets.token_hex(4)}"
+    key = _retail_api(database_url, "keys", "create", "--name", name, "--scopes", "read")
+    client = _retail_api(database_url, "clients", "create", "--name", name, "--scopes", "read")
+    fields = dict(line.split("=", 1) for line in client.strip().splitlines() if "=" in line)
+    return Credentials(key.strip().splitlines()[-1], fields["client_id"], fields["client_secret"])
 
 
 def run_wrk(url: str, script: Path, *, threads: int, connections: int, seconds: int) -> WrkResult:
@@ -269,7 +308,10 @@ def target(name: str, database_url: str, work: Path, redis_url: str) -> Iterator
         with bare_app(database_url, work) as (url, process):
             yield url, process.pid
         return
-    env = {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "MIGRATE_ON_START": "false"}
+    env = {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "MIGRATE_ON_START": "false", **TOKEN_SETTINGS}
+    # Counted per identity as deployed (the stack: 200/second), high enough never to refuse here: in
+    # memory for the uncached targets, in Redis for `cached` (REDIS_URL serves both).
+    env["RATE_LIMIT"] = "1000000/minute"
     if name == "cached":
         env |= {"REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"retail-bench:{secrets.token_hex(6)}"}
     with live_service(database_url, api_key=API_KEY, extra_env=env) as service:
@@ -297,18 +339,53 @@ def warm(url: str, ids: dict[str, list[str]]) -> None:
                     sys.exit(f"warming {response.url} answered {response.status_code}")
 
 
+def write_scripts(work: Path, ids: dict[str, list[str]], header: tuple[str, str]) -> dict[str, Path]:
+    """A wrk script per path, and `mixed` over both, each sending `header`."""
+    lists = {name: [PATHS[name].format(v) for v in values] for name, values in ids.items()}
+    lists["mixed"] = [
+        PATHS[name].format(v)
+        for pair in zip(ids["customer"], ids["invoice"], strict=False)
+        for name, v in zip(PATHS, pair, strict=True)
+    ]
+    tag = secrets.token_hex(3)
+    return {name: write_lua(work / f"{name}-{tag}.lua", paths, header) for name, paths in lists.items()}
+
+
+def profile(
+    url: str, pid: int, scripts: dict[str, Path], work: Path, args: argparse.Namespace
+) -> dict[str, CostTable]:
+    """Per path: wrk while py-spy samples the worker; the samples per cost."""
+    tables: dict[str, CostTable] = {}
+    for resource_name in PATHS:
+        out = work / f"profile-{resource_name}-{secrets.token_hex(3)}.txt"
+        spy = record(pid, args.duration, out)
+        result = run_wrk(
+            url, scripts[resource_name], threads=args.threads, connections=args.connections,
+            seconds=args.duration,
+        )  # fmt: skip
+        _, err = spy.communicate(timeout=args.duration + 60)
+        if spy.returncode != 0 or not out.exists():
+            sys.exit(f"py-spy failed (exit {spy.returncode}): {err.decode(errors='replace')[-500:]}")
+        samples = attribute(out.read_text().splitlines())
+        tables[resource_name] = CostTable(samples, result.requests, result.requests_per_second)
+    return tables
+
+
 def measure(
     name: str,
     database_url: str,
     work: Path,
     ids: dict[str, list[str]],
-    scripts: dict[str, Path],
+    credentials: Credentials,
     args: argparse.Namespace,
+    *,
+    profiled: bool = False,
 ) -> TargetRun:
-    """One round on one target: wrk per path, then the 64-connection run."""
+    """One round on one target: wrk per path, then the 64-connection run (then the profile)."""
     run = TargetRun()
     with target(name, database_url, work, args.redis_url) as (url, pid), PeakRss(pid) as rss:
         warm(url, ids)  # every target: same page cache, same connection pool state; the cache fills
+        scripts = write_scripts(work, ids, credentials.header(name, url))
         before = cache_counters(url) if name != "bare" else {}
         for resource_name in PATHS:
             run.rps[resource_name] = run_wrk(
@@ -328,6 +405,8 @@ def measure(
         if name != "bare":
             after = cache_counters(url)
             run.cache = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+        if profiled:
+            run.costs = profile(url, pid, scripts, work, args)
     run.peak_rss = rss.peak
     return run
 
@@ -350,9 +429,14 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep the loaded SQLite file here (and reuse it if present)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also sample the worker with py-spy: the cost of each part"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.profile:
+        py_spy()
     targets = [name for name in args.targets.split(",") if name]
     if unknown := set(targets) - set(TARGETS):
         sys.exit(f"unknown targets: {sorted(unknown)}")
@@ -374,31 +458,14 @@ def main() -> None:
             load_data(args.source, database_url, args.start, args.end, work)
             print(f"  loaded in {time.perf_counter() - load_started:.1f} s", flush=True)
         ids = pick_ids(database, args.ids)
-        scripts = {
-            name: write_lua(work / f"{name}.lua", [PATHS[name].format(v) for v in values])
-            for name, values in ids.items()
-        }
-        mixed = [
-            PATHS[name].format(v)
-            for pair in zip(ids["customer"], ids["invoice"], strict=False)
-            for name, v in zip(PATHS, pair, strict=True)
-        ]
-        scripts["mixed"] = write_lua(work / "mixed.lua", mixed)
-        # The same scripts with a client's key, for the targets that send one.
-        key_scripts = scripts
-        if set(targets) & set(CLIENT_KEY_TARGETS):
-            client_key = create_client_key(database_url)
-            lists = {name: [PATHS[name].format(v) for v in values] for name, values in ids.items()}
-            key_scripts = {
-                name: write_lua(work / f"{name}-key.lua", paths, client_key)
-                for name, paths in {**lists, "mixed": mixed}.items()
-            }
+        credentials = create_credentials(database_url)
 
         runs: dict[str, list[TargetRun]] = {name: [] for name in targets}
         for round_no in range(1, args.rounds + 1):
             for name in targets:
-                chosen = key_scripts if name in CLIENT_KEY_TARGETS else scripts
-                run = measure(name, database_url, work, ids, chosen, args)
+                # Profiled in the last round, after its timed runs: py-spy does not slow those.
+                profiled = args.profile and round_no == args.rounds and name in PROFILED
+                run = measure(name, database_url, work, ids, credentials, args, profiled=profiled)
                 runs[name].append(run)
                 assert run.stress is not None
                 print(
@@ -413,6 +480,27 @@ def main() -> None:
                     flush=True,
                 )
     report(runs, args, started, load_before)
+
+
+def print_costs(runs: dict[str, list[TargetRun]]) -> None:
+    """µs per request of each cost, per profiled target and path (`--profile`)."""
+    columns = [(name, path, run.costs[path]) for name in PROFILED for run in runs.get(name, []) for path in
+               run.costs]  # fmt: skip
+    if not columns:
+        return
+    print()
+    print("what an uncached read pays for, µs per request (py-spy, GIL held; benchmarks/request_costs.py):")
+    print(f"{'cost':>23} " + " ".join(f"{name + ' ' + path:>22}" for name, path, _ in columns))
+    tables = [table.microseconds() for _, _, table in columns]
+    for cost in COSTS:
+        print(f"{cost:>23} " + " ".join(f"{table[cost]:>19,.0f} µs" for table in tables))
+    print(f"{'GIL held':>23} " + " ".join(f"{sum(table.values()):>19,.0f} µs" for table in tables))
+    walls = [table.wall_microseconds() for _, _, table in columns]
+    idle = [wall - sum(table.values()) for wall, table in zip(walls, tables, strict=True)]
+    print(f"{'no GIL':>23} " + " ".join(f"{value:>19,.0f} µs" for value in idle))
+    print(f"{'wall':>23} " + " ".join(f"{wall:>19,.0f} µs" for wall in walls))
+    samples = " ".join(f"{sum(t.samples.values()):>22,}" for _, _, t in columns)
+    print(f"{'samples':>23} {samples}")
 
 
 def report(
@@ -446,7 +534,7 @@ def report(
         )
     if "bare" in runs:
         print()
-        for name in ("service", "service-key", "cached"):
+        for name in ("service", "service-key", "service-token", "cached"):
             if name not in runs:
                 continue
             for path in PATHS:
@@ -454,8 +542,9 @@ def report(
                 if name in GOALS:
                     verdict = f"(goal ≥ {GOALS[name]}x: {'yes' if ratio >= GOALS[name] else 'NO'})"
                 else:
-                    verdict = "(a client's key: one indexed lookup per request; no goal)"
-                print(f"{name} ÷ bare, GET {PATHS[path].format('…')}: {ratio:.2f}x {verdict}")
+                    verdict = "(the bootstrap key: no goal of its own)"
+                print(f"{name} ÷ lean route, GET {PATHS[path].format('…')}: {ratio:.2f}x {verdict}")
+    print_costs(runs)
     for name in ("service", "cached"):
         for run in runs.get(name, []):
             if run.cache:
