@@ -422,14 +422,19 @@ async def read_through(
     resource: str,
     load: Callable[[], bytes | None],
     etag: Callable[[bytes], str] | None = None,
+    point_read: bool = False,
 ) -> CachedResponse | None:
-    """The answer of a resource GET: from the cache, else `load()` (run in the thread pool, None when
-    the resource does not exist, which is not cached), stored under the miss's lease."""
+    """The answer of a resource GET: from the cache, else `load()` (None when the resource does not
+    exist, which is not cached), stored under the miss's lease. `load` runs in the thread pool, or, for a
+    `point_read` on a database where those run on the event loop (`reads_on_the_event_loop`), inline."""
     cache = cache_of(request)
     lookup = await cache.get(key, resource=resource) if cache is not None else None
     if lookup is not None and lookup.entry is not None:
         return lookup.entry
-    body = await run_in_threadpool(load)
+    if point_read and request.app.state.reads_inline:
+        body = load()
+    else:
+        body = await run_in_threadpool(load)
     if body is None:
         return None
     entry = CachedResponse(body, etag(body) if etag is not None else None)

@@ -24,7 +24,7 @@ from api.auth import token
 from api.auth.deps import Authenticator, RateLimitExceeded
 from api.cache import make_cache
 from api.core.config import Settings
-from api.core.db import make_engine, make_session_factory, migrate
+from api.core.db import make_engine, make_session_factory, migrate, reads_on_the_event_loop
 from api.core.memory import limit_heap_retention, release_free_heap
 from api.errors import (
     ConflictError,
@@ -317,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Connecting is lazy: building the app touches no database.
     app.state.engine = make_engine(settings.DATABASE_URL)
     app.state.sessions = make_session_factory(app.state.engine)
+    app.state.reads_inline = reads_on_the_event_loop(app.state.engine)
     app.add_middleware(
         BulkWriteLimit,
         max_in_flight=settings.MAX_BULK_WRITES_IN_FLIGHT,

@@ -8,7 +8,8 @@ wrong, expired or revoked, 403 when they are good but lack the scope.
 
 Cost per request: the bootstrap key and the token's signature are checked in memory; a client's key
 or token then costs one lookup by a unique index (its prefix, or the client id), with no cache, so a
-revocation or rotation holds from the very next request, in every worker.
+revocation or rotation holds from the very next request, in every worker. On SQLite the lookup runs on
+the event loop (`api.core.db.reads_on_the_event_loop`); on PostgreSQL in the thread pool.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.requests import HTTPConnection
 from api.auth import keys, security
 from api.auth.schemas import AuthErrorPublic
 from api.core.config import Settings
+from api.core.db import reads_on_the_event_loop
 from api.observability.metrics import Metrics
 from api.observability.ratelimit import Limiter
 
@@ -123,6 +125,8 @@ class Authenticator:
             )
         )
         self.engine = engine
+        # The lookup by a unique index is a point read: on SQLite it runs on the event loop.
+        self.reads_inline = reads_on_the_event_loop(engine)
         self.limiter = limiter
         self.metrics = metrics
 
@@ -134,7 +138,7 @@ class Authenticator:
         prefix = security.api_key_prefix(key)
         if prefix is None:
             raise _unauthorized(INVALID_API_KEY, "APIKey")
-        row = await run_in_threadpool(self._find_key, prefix)
+        row = self._find_key(prefix) if self.reads_inline else await run_in_threadpool(self._find_key, prefix)
         if row is None or not security.api_key_matches(key, row.digest):
             raise _unauthorized(INVALID_API_KEY, "APIKey")
         return Identity(
@@ -153,7 +157,11 @@ class Authenticator:
             claims = security.verify_token(self.tokens, token)
         except security.InvalidToken as error:
             raise _invalid_token(str(error)) from None
-        client = await run_in_threadpool(self.find_client, claims.client_id)
+        client = (
+            self.find_client(claims.client_id)
+            if self.reads_inline
+            else await run_in_threadpool(self.find_client, claims.client_id)
+        )
         if client is None or client.generation != claims.generation:
             raise _invalid_token("the access token's client was revoked or its secret rotated")
         # What the token was issued for, and never more than the client holds now.

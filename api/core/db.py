@@ -91,6 +91,17 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
+def reads_on_the_event_loop(engine: Engine) -> bool:
+    """Whether a point read (one row by its key, or an invoice's lines) runs on the event loop itself.
+
+    On SQLite it does: the file is in-process, a WAL reader never waits for a writer's lock, and such a
+    read costs tens of µs from the page cache, less than handing it to the thread pool and back (the
+    hop, ~100-200 µs under load, was the largest single cost of an uncached GET: docs/benchmarks.md).
+    PostgreSQL's reads are network round trips: they stay in the thread pool.
+    """
+    return engine.dialect.name == "sqlite"
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to `engine`; objects stay readable after commit (handlers return them)."""
     return sessionmaker(engine, expire_on_commit=False)

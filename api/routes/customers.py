@@ -61,6 +61,7 @@ async def read_customer(
         cache.customer_key(customer_id),
         resource="customer",
         load=reading_rows(request, crud.read_customer_json, customer_id=customer_id),
+        point_read=True,
         etag=etag.etag_of,
     )
     if found is None:

@@ -61,6 +61,7 @@ async def read_invoice(
         cache.invoice_key(invoice_no),
         resource="invoice",
         load=reading_rows(request, crud.read_invoice_json, invoice_no=invoice_no),
+        point_read=True,
         etag=etag.etag_of,
     )
     if found is None:
