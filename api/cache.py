@@ -29,6 +29,10 @@ number that is part of every key, which retires every entry at once (old ones ex
 Other processes could read such an entry in the time between Redis coming back and that increment; a
 single Redis is assumed (a replica promoted with unreplicated deletes would equally lose invalidations).
 
+A point read (`point_read`: a customer, an invoice) with the rate limit in Redis makes one round trip
+on a hit: the limit's count and the lookup run in one script (`count_and_look_up`, called where the
+request is counted), and a refused request looks nothing up.
+
 All keys start with `CACHE_KEY_PREFIX`; tests and deployments sharing a Redis use different prefixes.
 """
 
@@ -48,6 +52,16 @@ from typing import Any
 from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+
+from api.observability.ratelimit import (
+    ALLOWED,
+    SLIDING_WINDOW_LUA_FUNCTION,
+    Decision,
+    Limiter,
+    RedisLimiter,
+    decision_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,17 +120,38 @@ def invoice_write_keys(
 
 # --- Redis scripts: KEYS[1] is the epoch key; ARGV[1] the prefix with its colon --------------------
 
-# ARGV[2] resource key, ARGV[3] lease token, ARGV[4] lease ms. Returns {1, entry} or {0, epoch}.
-_GET_OR_LEASE = """
-local epoch = redis.call('GET', KEYS[1]) or '0'
-local base = ARGV[1] .. epoch .. ':'
-local entry = redis.call('GET', base .. 'd:' .. ARGV[2])
-if entry then
-  return {1, entry}
+# The lookup as a Lua function, called by the two scripts below: the entry of `resource`, or a lease
+# `token` of `lease_ms` on it. Returns {1, entry} or {0, epoch}.
+_GET_OR_LEASE_FUNCTION = """
+local function get_or_lease(epoch_key, prefix, resource, token, lease_ms)
+  local epoch = redis.call('GET', epoch_key) or '0'
+  local base = prefix .. epoch .. ':'
+  local entry = redis.call('GET', base .. 'd:' .. resource)
+  if entry then
+    return {1, entry}
+  end
+  redis.call('SET', base .. 'l:' .. resource, token, 'PX', lease_ms)
+  return {0, epoch}
 end
-redis.call('SET', base .. 'l:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
-return {0, epoch}
 """
+
+# ARGV[2] resource key, ARGV[3] lease token, ARGV[4] lease ms. Returns {1, entry} or {0, epoch}.
+_GET_OR_LEASE = _GET_OR_LEASE_FUNCTION + "return get_or_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+
+# The rate limit's count, then the lookup, in one round trip (`count_and_look_up`). KEYS[2] the identity's
+# counters; ARGV[2..4] as `_GET_OR_LEASE`, ARGV[5] the limit, ARGV[6] the window in ms. Returns
+# {2, retry after in ms} when the request is refused (nothing is looked up), else what the lookup returns.
+_COUNT_AND_GET_OR_LEASE = (
+    SLIDING_WINDOW_LUA_FUNCTION
+    + _GET_OR_LEASE_FUNCTION
+    + """
+local counted = sliding_window(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]))
+if counted[1] == 0 then
+  return {2, counted[2]}
+end
+return get_or_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+)
 
 # ARGV[2] epoch of the lease, ARGV[3] resource key, ARGV[4] lease token, ARGV[5] entry, ARGV[6] ttl ms.
 # Returns 1 when stored, 0 when the lease was gone or another reader's.
@@ -258,6 +293,7 @@ class ResourceCache:
             # EVALSHA with the script's digest; the script text only when Redis does not know it yet.
             self._async_scripts = {
                 "get": self._async_client.register_script(_GET_OR_LEASE),
+                "count and get": self._async_client.register_script(_COUNT_AND_GET_OR_LEASE),
                 "set": self._async_client.register_script(_SET_IF_LEASED),
             }
             self._loop = loop
@@ -326,6 +362,36 @@ class ResourceCache:
             return Lookup(key, resource, CachedResponse.decode(value))
         self.metrics.misses.labels(resource).inc()
         return Lookup(key, resource, None, (value.decode(), token))
+
+    async def count_and_get(
+        self, key: str, *, resource: str, limiter: RedisLimiter, rate_key: str
+    ) -> tuple[Decision, Lookup | None] | None:
+        """`limiter.hit(rate_key)`, then `get(key)` if the request is allowed, in one round trip: the
+        decision, and the lookup (None when refused). None when the cache or the limiter is bypassed
+        after a failure: the caller then counts on its own, as without a cache."""
+        if not self._available() or self._epoch_stale or not limiter.available:
+            return None
+        try:
+            async with asyncio.timeout(TIMEOUT_SECONDS):
+                client = self._async()
+                token = secrets.token_hex(8)
+                found, value = await self._async_scripts["count and get"](
+                    keys=[self.epoch_key, limiter.counters(rate_key)],
+                    args=[self.prefix, key, token, LEASE_MILLISECONDS, limiter.rate.limit, limiter.window_ms],
+                    client=client,
+                )
+        except Exception as error:  # both fail open: counted by nobody, served from the database
+            self._failed("get", error)
+            limiter.fail_open(error)
+            self.metrics.misses.labels(resource).inc()
+            return ALLOWED, Lookup(key, resource, None)
+        if int(found) == 2:
+            return decision_of(0, int(value)), None
+        if int(found):
+            self.metrics.hits.labels(resource).inc()
+            return ALLOWED, Lookup(key, resource, CachedResponse.decode(value))
+        self.metrics.misses.labels(resource).inc()
+        return ALLOWED, Lookup(key, resource, None, (value.decode(), token))
 
     async def set(self, lookup: Lookup, entry: CachedResponse) -> bool:
         """Store what a miss read, if its lease still holds; whether it was stored."""
@@ -409,10 +475,69 @@ def make_cache(
 # --- what routes call ------------------------------------------------------------------------------
 
 
-def cache_of(request: Request) -> ResourceCache | None:
+def cache_of(request: HTTPConnection) -> ResourceCache | None:
     """The cache of the app serving `request` (None: no cache)."""
     cache: ResourceCache | None = getattr(request.app.state, "cache", None)
     return cache
+
+
+@dataclass(frozen=True)
+class PointRead:
+    """A resource GET whose lookup can go with the rate limit's count: its resource, the path parameter
+    that names it and the function from that parameter to its resource key."""
+
+    resource: str
+    parameter: str
+    key: Callable[[str], str]
+
+
+_POINT_READS: dict[Callable[..., Any], PointRead] = {}
+
+
+def point_read(
+    resource: str, parameter: str, key: Callable[[str], str]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a resource GET endpoint (put below its route decorator) whose cache lookup is made in the
+    same round trip as the rate limit's count (`count_and_look_up`); it must call `read_through` with
+    that `resource` and `key(path parameter)`."""
+
+    def mark(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        _POINT_READS[endpoint] = PointRead(resource, parameter, key)
+        return endpoint
+
+    return mark
+
+
+async def count_and_look_up(request: HTTPConnection, limiter: Limiter, rate_key: str) -> Decision | None:
+    """Count the request against `rate_key` and, on a `point_read` route, look its entry up in the same
+    Redis script, kept for the handler's `read_through`: a cache hit then costs one round trip, not two.
+    None when the two cannot go together (no cache, a limiter in memory, another route, either bypassed
+    after a failure): the caller counts on its own."""
+    cache = cache_of(request)
+    if cache is None or not isinstance(limiter, RedisLimiter):
+        return None
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    read = _POINT_READS.get(endpoint) if endpoint is not None else None
+    if read is None or (value := request.path_params.get(read.parameter)) is None:
+        return None
+    found = await cache.count_and_get(
+        read.key(value), resource=read.resource, limiter=limiter, rate_key=rate_key
+    )
+    if found is None:
+        return None
+    decision, lookup = found
+    if lookup is not None:
+        request.state.cache_lookup = lookup
+    return decision
+
+
+def _looked_up(request: Request, key: str) -> Lookup | None:
+    """The lookup `count_and_look_up` made for this request's `key`, taken once."""
+    lookup: Lookup | None = getattr(request.state, "cache_lookup", None)
+    if lookup is None:
+        return None
+    del request.state.cache_lookup
+    return lookup if lookup.key == key else None
 
 
 async def read_through(
@@ -428,7 +553,9 @@ async def read_through(
     exist, which is not cached), stored under the miss's lease. `load` runs in the thread pool, or, for a
     `point_read` on a database where those run on the event loop (`reads_on_the_event_loop`), inline."""
     cache = cache_of(request)
-    lookup = await cache.get(key, resource=resource) if cache is not None else None
+    lookup = _looked_up(request, key) if cache is not None else None
+    if lookup is None and cache is not None:
+        lookup = await cache.get(key, resource=resource)
     if lookup is not None and lookup.entry is not None:
         return lookup.entry
     if point_read and request.app.state.reads_inline:

@@ -108,31 +108,38 @@ class MemoryLimiter:
             return decision
 
 
-# KEYS[1]: the key's prefix; ARGV: limit, window in ms. Returns {allowed (0/1), retry after in ms}.
-_SLIDING_WINDOW_LUA = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local index = math.floor(now / window)
-local elapsed = now - index * window
-local current_key = KEYS[1] .. ':' .. index
-local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (index - 1)) or '0')
-local current = tonumber(redis.call('GET', current_key) or '0')
-local weight = (window - elapsed) / window
-if previous * weight + current + 1 <= limit then
-  redis.call('INCR', current_key)
-  redis.call('PEXPIRE', current_key, window * 2 + 1000)
-  return {1, 0}
+#: The sliding window in Lua, as a function: this module's script calls it, and so does the cache's
+#: lookup of a cached read (api.cache), which counts the request in the same round trip. `prefix` is the
+#: key's counters' prefix, `limit` and `window` (ms) numbers. Returns {allowed (0/1), retry after in ms}.
+SLIDING_WINDOW_LUA_FUNCTION = """
+local function sliding_window(prefix, limit, window)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local index = math.floor(now / window)
+  local elapsed = now - index * window
+  local current_key = prefix .. ':' .. index
+  local previous = tonumber(redis.call('GET', prefix .. ':' .. (index - 1)) or '0')
+  local current = tonumber(redis.call('GET', current_key) or '0')
+  local weight = (window - elapsed) / window
+  if previous * weight + current + 1 <= limit then
+    redis.call('INCR', current_key)
+    redis.call('PEXPIRE', current_key, window * 2 + 1000)
+    return {1, 0}
+  end
+  local wait
+  if current + 1 <= limit then
+    wait = window * (1 - (limit - current - 1) / previous) - elapsed
+  else
+    wait = (window - elapsed) + window * math.max(0, 1 - (limit - 1) / current)
+  end
+  return {0, math.ceil(wait)}
 end
-local wait
-if current + 1 <= limit then
-  wait = window * (1 - (limit - current - 1) / previous) - elapsed
-else
-  wait = (window - elapsed) + window * math.max(0, 1 - (limit - 1) / current)
-end
-return {0, math.ceil(wait)}
 """
+
+# KEYS[1]: the key's prefix; ARGV: limit, window in ms. Returns {allowed (0/1), retry after in ms}.
+_SLIDING_WINDOW_LUA = (
+    SLIDING_WINDOW_LUA_FUNCTION + "return sliding_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+)
 
 
 class RedisLimiter:
@@ -153,34 +160,49 @@ class RedisLimiter:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
+            # As the cache's client (api.cache): no retries inside the client, and no socket timeout,
+            # which redis-py implements with a task per command; `hit` bounds the call instead.
             self._client = aioredis.Redis.from_url(
-                self.url,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                retry_on_timeout=False,
+                self.url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
             )
             self._script = self._client.register_script(_SLIDING_WINDOW_LUA)
             self._loop = loop
         return self._script
 
+    @property
+    def available(self) -> bool:
+        """False while the limiter fails open after Redis did not answer."""
+        return time.monotonic() >= self._down_until
+
+    def counters(self, key: str) -> str:
+        """The prefix of `key`'s counters in Redis."""
+        return f"{self.prefix}:{{{key}}}"
+
+    @property
+    def window_ms(self) -> int:
+        """The window's length in ms, as the Lua function takes it."""
+        return int(self.rate.window_seconds * 1000)
+
     async def hit(self, key: str) -> Decision:
-        if time.monotonic() < self._down_until:
+        if not self.available:
             return ALLOWED
         try:
-            script = self._connect()
-            allowed, retry_ms = await script(
-                keys=[f"{self.prefix}:{{{key}}}"],
-                args=[self.rate.limit, int(self.rate.window_seconds * 1000)],
-            )
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+                script = self._connect()
+                allowed, retry_ms = await script(
+                    keys=[self.counters(key)], args=[self.rate.limit, self.window_ms]
+                )
         except Exception as error:  # any failure of the limiter lets the request through
-            self._fail_open(error)
+            self.fail_open(error)
             return ALLOWED
-        if int(allowed):
-            return ALLOWED
-        return Decision(False, max(1, math.ceil(int(retry_ms) / 1000)))
+        return decision_of(int(allowed), int(retry_ms))
 
-    def _fail_open(self, error: Exception) -> None:
+    def fail_open(self, error: Exception) -> None:
+        """Let requests through unlimited for a while after Redis did not answer (warned at most once
+        per `REDIS_RETRY_SECONDS`)."""
         now = time.monotonic()
         self._down_until = now + REDIS_RETRY_SECONDS
         if now - self._warned_at >= REDIS_RETRY_SECONDS:
@@ -191,6 +213,13 @@ class RedisLimiter:
                 REDIS_RETRY_SECONDS,
                 extra={"redis_url": _redacted(self.url)},
             )
+
+
+def decision_of(allowed: int, retry_ms: int) -> Decision:
+    """The decision the Lua function `sliding_window` returned as {allowed, retry after in ms}."""
+    if allowed:
+        return ALLOWED
+    return Decision(False, max(1, math.ceil(retry_ms / 1000)))
 
 
 def _redacted(url: str) -> str:

@@ -44,6 +44,7 @@ def create_customer(request: Request, session: SessionDep, customer: schemas.Cus
 @get_with_head(
     router, "/customer/{customer_id}", response_model=schemas.CustomerPublic, responses=errors(404)
 )
+@cache.point_read("customer", "customer_id", cache.customer_key)
 async def read_customer(
     request: Request,
     customer_id: CustomerIdPath,

@@ -45,6 +45,7 @@ def create_invoice(
 
 
 @get_with_head(router, "/invoice/{invoice_no}", response_model=schemas.InvoicePublic, responses=errors(404))
+@cache.point_read("invoice", "invoice_no", cache.invoice_key)
 async def read_invoice(
     request: Request,
     invoice_no: InvoiceNoPath,

@@ -356,3 +356,105 @@ def test_unreachable_redis_serves_from_the_database_with_one_warning(
     warnings = [record for record in caplog.records if record.name == "api.cache"]
     assert len(warnings) == 1, "warned once, not per request"
     assert "Redis does not answer" in warnings[0].getMessage()
+
+
+# --- a cached read's count and lookup in one round trip (api.cache.count_and_look_up) -----------------
+
+
+def limited_client(database_url: str, redis_url: str, prefix: str, rate: str) -> TestClient:
+    settings = make_settings(
+        database_url, REDIS_URL=redis_url, CACHE_KEY_PREFIX=prefix, REDIS_KEY_PREFIX=prefix, RATE_LIMIT=rate
+    )
+    return TestClient(create_app(settings), headers=AUTH)
+
+
+def record_redis_calls(client: TestClient) -> list[str]:
+    """The Redis calls the app makes from now on: the cache's scripts by name, the limiter's as `hit`.
+    (Redis is real; the wrappers only note each call before making it.)"""
+    calls: list[str] = []
+    # The cache's client and scripts are made on its first read, in the client's event loop.
+    assert client.get("/stockcode/NO-SUCH-CODE").status_code == 404
+    cache: ResourceCache = client.app.state.cache  # type: ignore[attr-defined]
+    for name, script in list(cache._async_scripts.items()):
+
+        async def noted(*args: Any, _script: Any = script, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return await _script(*args, **kwargs)
+
+        cache._async_scripts[name] = noted
+    limiter = client.app.state.limiter  # type: ignore[attr-defined]
+    hit = limiter.hit
+
+    async def noted_hit(key: str) -> Any:
+        calls.append("hit")
+        return await hit(key)
+
+    limiter.hit = noted_hit
+    return calls
+
+
+def test_a_cached_read_is_counted_and_looked_up_in_one_round_trip(
+    sqlite_url: str, redis_url: str, prefix: str
+) -> None:
+    with limited_client(sqlite_url, redis_url, prefix, "1000/minute") as client:
+        store_sample(client)
+        calls = record_redis_calls(client)
+        first = client.get("/customer/17850")  # a miss: the count and the lease, then the store
+        assert calls == ["count and get", "set"]
+        calls.clear()
+        for answer in (
+            client.get("/customer/17850"),
+            client.head("/customer/17850"),
+            client.get("/invoice/536365"),
+        ):
+            assert answer.status_code == 200
+        assert client.get("/customer/17850").content == first.content
+        # Hits: one script each; the invoice's first read a miss that stored its entry.
+        assert calls == ["count and get", "count and get", "count and get", "set", "count and get"]
+        calls.clear()
+        # A read that is not a point read is counted, then looked up: two round trips, as before.
+        assert client.get("/customer/17850/invoice").status_code == 200
+        assert calls == ["hit", "get", "set"]
+        samples = scrape(client)
+    assert value(samples, "retail_cache_hits_total", resource="customer") == 3
+    assert value(samples, "retail_cache_misses_total", resource="customer") == 1
+
+
+def test_a_cached_read_over_the_limit_is_refused_and_reads_nothing(
+    sqlite_url: str, redis_url: str, prefix: str
+) -> None:
+    with limited_client(sqlite_url, redis_url, prefix, "4/minute") as client:
+        store_sample(client)  # two writes, counted
+        assert client.get("/customer/17850").status_code == 200  # 3: counted with its lookup
+        assert client.get("/customer/17850/invoice").status_code == 200  # 4: counted on its own
+        hits_before = value(scrape(client), "retail_cache_hits_total", resource="customer")
+        refused = client.get("/customer/17850")
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "rate limit of 4/minute" in refused.json()["detail"]
+        # One limit for every route of the identity: a write is refused too.
+        assert client.post("/customer", json={"customer_id": "1", "country": "UK"}).status_code == 429
+        samples = scrape(client)
+    assert value(samples, "retail_cache_hits_total", resource="customer") == hits_before, "nothing read"
+
+
+def test_a_point_read_answered_422_is_still_counted(sqlite_url: str, redis_url: str, prefix: str) -> None:
+    # The count goes with the lookup of the raw path parameter, before it is validated: a malformed id
+    # costs the caller its request like any other.
+    too_long = "9" * 100
+    with limited_client(sqlite_url, redis_url, prefix, "2/minute") as client:
+        assert [client.get(f"/customer/{too_long}").status_code for _ in range(3)] == [422, 422, 429]
+
+
+def test_a_cached_read_with_redis_away_is_served_and_not_limited(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    caplog.set_level(logging.WARNING)
+    with limited_client(sqlite_url, closed, "retail-test:closed", "1/minute") as client:
+        store_sample(client)
+        answers = [client.get("/customer/17850") for _ in range(5)]
+    assert {answer.status_code for answer in answers} == {200}, "both fail open"
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("cache: Redis does not answer" in message for message in messages)
+    assert any("rate limiter: Redis does not answer" in message for message in messages)
