@@ -67,10 +67,10 @@ from tests.support.service import free_port, live_service  # noqa: E402
 DATASET = ROOT.parent / "shared" / "datasets" / "online_retail" / "online_retail.csv.gz"
 API_KEY = "bench-key"
 PATHS = {"customer": "/customer/{}", "invoice": "/invoice/{}"}
-TARGETS = ("bare", "service", "service-key", "service-token", "cached")
+TARGETS = ("bare", "service", "service-key", "service-token", "cached", "floor", "floor-redis")
 GOALS = {"service-key": 0.9, "service-token": 0.9, "cached": 2.0}
-#: The service targets profiled by `--profile`: how clients call it, uncached.
-PROFILED = ("service-key", "service-token")
+#: The service targets profiled by `--profile`: how clients call it, uncached, and a warm cache's hit.
+PROFILED = ("service-key", "service-token", "cached")
 #: Tokens outlive the benchmark: each target's service is a new process, signing with the same secret.
 TOKEN_SETTINGS = {"TOKEN_SECRET": secrets.token_hex(32), "TOKEN_EXPIRE_SECONDS": "86400"}
 
@@ -314,7 +314,12 @@ def target(name: str, database_url: str, work: Path, redis_url: str) -> Iterator
     env["RATE_LIMIT"] = "1000000/minute"
     if name == "cached":
         env |= {"REDIS_URL": redis_url, "CACHE_KEY_PREFIX": f"retail-bench:{secrets.token_hex(6)}"}
-    with live_service(database_url, api_key=API_KEY, extra_env=env) as service:
+    # `floor`: the service's stack with reads that cost nothing (benchmarks/floor_app.py); `floor-redis`:
+    # the same with one Redis round trip per read, the least a cache hit costs.
+    app = "benchmarks.floor_app:app" if name.startswith("floor") else "api.main:app"
+    if name == "floor-redis":
+        env["FLOOR_REDIS_URL"] = redis_url
+    with live_service(database_url, api_key=API_KEY, extra_env=env, app=app) as service:
         yield service.url, service.process.pid
 
 
@@ -489,7 +494,7 @@ def print_costs(runs: dict[str, list[TargetRun]]) -> None:
     if not columns:
         return
     print()
-    print("what an uncached read pays for, µs per request (py-spy, GIL held; benchmarks/request_costs.py):")
+    print("what a read pays for, µs per request (py-spy, GIL held; benchmarks/request_costs.py):")
     print(f"{'cost':>23} " + " ".join(f"{name + ' ' + path:>22}" for name, path, _ in columns))
     tables = [table.microseconds() for _, _, table in columns]
     for cost in COSTS:
@@ -534,13 +539,17 @@ def report(
         )
     if "bare" in runs:
         print()
-        for name in ("service", "service-key", "service-token", "cached"):
+        for name in ("service", "service-key", "service-token", "cached", "floor", "floor-redis"):
             if name not in runs:
                 continue
             for path in PATHS:
                 ratio = median_rps(name, path) / median_rps("bare", path)
                 if name in GOALS:
                     verdict = f"(goal ≥ {GOALS[name]}x: {'yes' if ratio >= GOALS[name] else 'NO'})"
+                elif name == "floor":
+                    verdict = "(reads that cost nothing: no read of the service can pass it)"
+                elif name == "floor-redis":
+                    verdict = "(reads that cost one Redis round trip: no cache hit can pass it)"
                 else:
                     verdict = "(the bootstrap key: no goal of its own)"
                 print(f"{name} ÷ lean route, GET {PATHS[path].format('…')}: {ratio:.2f}x {verdict}")

@@ -35,6 +35,7 @@ COSTS = (
     "access log",
     "ETag",
     "serialization",
+    "cache",
     "query",
     "FastAPI",
     "Starlette",
@@ -61,6 +62,7 @@ PROJECT_FRAMES: tuple[tuple[str, str, str | None], ...] = (
     ("serialization", "api/crud/invoices.py", "to_json"),
     ("serialization", "api/crud/common.py", "invoice_dict"),
     ("serialization", "api/crud/common.py", "line_public"),
+    ("cache", "api/cache.py", None),
     ("query", "api/crud/customers.py", "read_customer_json"),
     ("query", "api/crud/invoices.py", "read_invoice_json"),
     ("query", "api/deps.py", "run"),
@@ -68,6 +70,7 @@ PROJECT_FRAMES: tuple[tuple[str, str, str | None], ...] = (
 #: (cost, a path fragment of a library): frames of code the project calls for that cost.
 LIBRARY_FRAMES: tuple[tuple[str, str], ...] = (
     ("metrics", "/prometheus_client/"),
+    ("cache", "/redis/"),
     ("access log", "/logging/"),
     ("FastAPI", "/fastapi/"),
     ("FastAPI", "/pydantic"),

@@ -101,3 +101,23 @@ def test_raw_lines_are_summed_per_cost_and_turned_into_microseconds() -> None:
     assert list(costs) == list(COSTS)
     assert (costs["uvicorn"], costs["query"], costs["ETag"], costs["metrics"]) == (300.0, 150.0, 50.0, 0.0)
     assert table.wall_microseconds() == 1000.0
+
+
+def test_redis_calls_belong_to_whoever_made_them() -> None:
+    # The cache's script call is the cache's; the limiter's is rate limiting's, though both run in redis-py.
+    lookup = [
+        LOOP,
+        frame("read_through", f"{PROJECT}/api/cache.py"),
+        frame("get", f"{PROJECT}/api/cache.py"),
+        frame("execute_command", f"{SITE}/redis/asyncio/client.py"),
+    ]
+    assert cost_of(lookup) == "cache"
+    counted = [
+        LOOP,
+        frame("hit", f"{PROJECT}/api/observability/ratelimit.py"),
+        frame("execute_command", f"{SITE}/redis/asyncio/client.py"),
+    ]
+    assert cost_of(counted) == "rate limiting"
+    # A reply parsed outside the project's frames counts as the cache's (the limiter shares redis-py).
+    parsed = [LOOP, frame("_read_response", f"{SITE}/redis/asyncio/connection.py")]
+    assert cost_of(parsed) == "cache"

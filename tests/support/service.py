@@ -101,8 +101,10 @@ class LiveService:
         )
 
 
-def _spawn(port: int, workers: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+def _spawn(
+    port: int, workers: int, env: dict[str, str], log_path: Path, app: str = "api.main:app"
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--no-access-log"]
     with log_path.open("ab") as log:
         return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -115,8 +117,10 @@ def live_service(
     api_key: str = "test-key",
     extra_env: dict[str, str] | None = None,
     workers: int = 1,
+    app: str = "api.main:app",
 ) -> Iterator[LiveService]:
-    """Start the service on a free port against `database_url`; stop it (and remove its log) at exit."""
+    """Start the service (`app`, uvicorn's import string) on a free port against `database_url`; stop
+    it (and remove its log) at exit."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -133,7 +137,7 @@ def live_service(
         url=f"http://127.0.0.1:{port}",
         api_key=api_key,
         port=port,
-        process=_spawn(port, workers, env, log_path),
+        process=_spawn(port, workers, env, log_path, app),
         database_url=database_url,
         env=env,
         log_path=log_path,
