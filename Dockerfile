@@ -1,6 +1,11 @@
 # The retail service: FastAPI on uvicorn. It applies pending migrations when it starts (MIGRATE_ON_START),
 # after waiting up to DB_WAIT_SECONDS for the database.
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any image with Python 3.11+ as `python`/`pip` (pip installing where `python` imports from) and
+# `useradd`. Where no registry is reachable, `./dev images` builds it with a base made here from Debian's
+# packages (deploy/podman/podman_images.py).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,6 +20,12 @@ COPY retail_contract ./retail_contract
 COPY api ./api
 COPY etl ./etl
 RUN pip install ".[service]"
+
+# The embedded database, when DATABASE_URL names no other: in a directory the service's user owns (the
+# code's default, ./retail.db, would be in /app, which it cannot write, and the service would not start).
+# Mount a volume there to keep it: `-v retail-data:/var/lib/retail`.
+RUN install -d -o retail -g retail /var/lib/retail
+ENV DATABASE_URL=sqlite:////var/lib/retail/retail.db
 
 USER retail
 EXPOSE 8000

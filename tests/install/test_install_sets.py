@@ -65,14 +65,15 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 
 def _build_args(text: str) -> dict[str, str]:
     """`AIRFLOW_VERSION` from `FROM apache/airflow:3.3.2-python3.11`, as the official image sets it, and
-    every `ARG NAME=value`."""
+    every `ARG NAME=value`. `FROM ${BASE_IMAGE}` is read with the ARG's default: the public image."""
     values = {}
     for instruction, value in _instructions(text):
         if instruction == "ARG" and "=" in value:
             name, _, default = value.partition("=")
             values[name] = default.strip('"')
-        if instruction == "FROM" and value.startswith("apache/airflow:"):
-            values["AIRFLOW_VERSION"] = value.split(":", 1)[1].split("-", 1)[0]
+        image = _substitute(value, values) if instruction == "FROM" else ""
+        if image.startswith("apache/airflow:"):
+            values["AIRFLOW_VERSION"] = image.split(":", 1)[1].split("-", 1)[0]
     return values
 
 
